@@ -1,0 +1,220 @@
+"""``@model_builder`` functions wiring the REANN modules into nequip models."""
+
+import math
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+from nequip.data import AtomicDataDict
+from nequip.model import model_builder
+from nequip.nn import (
+    AtomwiseReduce,
+    ForceStressOutput,
+    GraphModel,
+    PerTypeScaleShift,
+    SequentialGraphNetwork,
+)
+from nequip.nn.embedding import EdgeLengthNormalizer
+
+from reann_nequip.nn import AtomicEnergyReadout, RecursiveEmbeddedDensity, SpeciesGaussianBasis
+from reann_nequip.nn.activations import ACTIVATIONS
+
+# REANN's `nl`, `nblock`, `activate`, `table_norm`, `dropout_p` (and their `oc_` twins), with the
+# manual's widths [64, 64] rather than read.py's [128, 128]
+DEFAULT_NETWORK: Dict[str, Any] = {
+    "hidden": [64, 64],
+    "num_blocks": 1,
+    "activation": "relu_like",
+    "layer_norm": True,
+    "dropout": 0.0,
+}
+
+
+def _network_options(name: str, options: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """Fill a network's options from the defaults, rejecting unknown or malformed keys."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(DEFAULT_NETWORK))
+    if unknown:
+        raise ValueError(f"`{name}` has unknown keys {unknown}; allowed: {sorted(DEFAULT_NETWORK)}")
+    merged = {**DEFAULT_NETWORK, **options}
+    merged["hidden"] = list(merged["hidden"])
+    if merged["activation"] not in ACTIVATIONS:
+        raise ValueError(
+            f"`{name}.activation` must be one of {ACTIVATIONS}, found {merged['activation']!r}"
+        )
+    if len(merged["hidden"]) == 0 or any(int(h) <= 0 for h in merged["hidden"]):
+        raise ValueError(
+            f"`{name}.hidden` must be a non-empty list of positive widths, found {merged['hidden']}"
+        )
+    if not isinstance(merged["num_blocks"], int) or merged["num_blocks"] < 0:
+        raise ValueError(
+            f"`{name}.num_blocks` must be an integer >= 0, found {merged['num_blocks']!r}"
+        )
+    dropout = merged["dropout"]
+    if isinstance(dropout, (int, float)):
+        dropout = [float(dropout)] * len(merged["hidden"])
+    dropout = [float(p) for p in dropout]
+    if len(dropout) != len(merged["hidden"]) or not all(0.0 <= p < 1.0 for p in dropout):
+        raise ValueError(
+            f"`{name}.dropout` must be one probability in [0, 1) or one per hidden layer "
+            f"({len(merged['hidden'])}), found {merged['dropout']}"
+        )
+    merged["dropout"] = dropout
+    return merged
+
+
+@model_builder
+def ReannModel(
+    r_max: float,
+    type_names: Sequence[str],
+    num_gaussians: int = 8,
+    l_max: int = 2,
+    num_orbitals: Optional[int] = None,
+    num_recursions: int = 1,
+    shared_mixing: bool = True,
+    energy_network: Optional[Dict[str, Any]] = None,
+    coefficient_network: Optional[Dict[str, Any]] = None,
+    gaussian_centers: Optional[List] = None,
+    gaussian_exponents: Optional[List] = None,
+    avg_num_neighbors: Optional[float] = None,
+    per_edge_type_cutoff: Optional[Dict[str, Union[float, Dict[str, float]]]] = None,
+    per_type_energy_scales: Optional[Union[float, Dict[str, float]]] = None,
+    per_type_energy_shifts: Optional[Union[float, Dict[str, float]]] = None,
+    per_type_energy_scales_trainable: bool = False,
+    per_type_energy_shifts_trainable: bool = False,
+    do_derivatives: bool = True,
+) -> GraphModel:
+    """REANN energy model (EANN when ``num_recursions`` is 0): energies, forces and stress.
+
+    Atomic energies come from per-element networks reading REANN's embedded density, scaled and
+    shifted per element; forces and stress are exact derivatives of the total energy.
+
+    Args:
+        seed (int): seed for the random initialisation
+        model_dtype (str): ``float32`` or ``float64`` (REANN ``dtype``)
+        type_names (list[str]): element names (REANN ``atomtype``)
+        r_max (float): cutoff radius in Å (REANN ``cutoff``)
+        num_gaussians (int): Gaussians per neighbour species (REANN ``nwave``; default ``8``)
+        l_max (int): highest order of the Cartesian angular products (REANN ``nipsin``;
+            default ``2``)
+        num_orbitals (int): density width M (REANN ``norbit``; default
+            ``num_gaussians (num_gaussians + 1) / 2 · (l_max + 1)``)
+        num_recursions (int): orbital-coefficient refinements (REANN ``oc_loop``); ``0`` gives
+            EANN (default ``1``)
+        shared_mixing (bool): one channel mixing for all recursion steps as in REANN v2, or one
+            per step as in v1 (default ``True``)
+        energy_network (dict): energy networks, keys ``hidden`` (REANN ``nl``, default
+            ``[64, 64]``), ``num_blocks`` (``nblock``, ``1``), ``activation`` (``activate``:
+            ``relu_like``, ``tanh_like`` or ``silu``; ``relu_like``), ``layer_norm``
+            (``table_norm``, ``True``), ``dropout`` (``dropout_p``, ``0.0``)
+        coefficient_network (dict): coefficient-update networks, same keys and defaults
+            (REANN ``oc_nl``, ``oc_nblock``, ``oc_activate``, ``oc_table_norm``, ``oc_dropout_p``)
+        gaussian_centers (list): initial centres in Å, [num_types][num_gaussians] (REANN
+            ``rs``) or [num_gaussians] for every species (default random in [0, r_max))
+        gaussian_exponents (list): initial negative exponents in Å⁻², same shapes (REANN
+            ``inta``; default random in [−1.2, −0.2))
+        avg_num_neighbors (float): initial orbital coefficients are 1/avg_num_neighbors
+            (REANN uses 1/``neigh_atoms``; default ``None`` gives 1)
+        per_edge_type_cutoff (dict): smaller cutoffs per element pair, as in nequip
+            (default ``None``)
+        per_type_energy_scales (float/dict): per-element energy scales (default ``None``)
+        per_type_energy_shifts (float/dict): per-element energy shifts, the energy of an
+            isolated atom (default ``None``)
+        per_type_energy_scales_trainable (bool): default ``False``
+        per_type_energy_shifts_trainable (bool): default ``False``
+        do_derivatives (bool): compute forces and stress (default ``True``)
+
+    Example::
+
+        model:
+          _target_: reann_nequip.model.ReannModel
+          seed: 123
+          model_dtype: float64
+          type_names: [C, H]
+          r_max: 5.0
+          num_gaussians: 8
+          l_max: 2
+          num_recursions: 2
+          energy_network: {hidden: [64, 64], num_blocks: 1}
+          coefficient_network: {hidden: [64, 64], num_blocks: 1}
+          avg_num_neighbors: ${training_data_stats:num_neighbors_mean}
+          per_type_energy_shifts: {C: -1027.6, H: -13.6}
+    """
+    # === validate ===
+    type_names = list(type_names)
+    if len(type_names) == 0 or len(set(type_names)) != len(type_names):
+        raise ValueError(f"`type_names` must be non-empty and unique, found {type_names}")
+    if not all(name.isalnum() for name in type_names):
+        raise ValueError(f"`type_names` must be alphanumeric, found {type_names}")
+    if not (isinstance(r_max, (int, float)) and math.isfinite(r_max) and r_max > 0):
+        raise ValueError(f"`r_max` must be a positive number of Å, found {r_max}")
+    for key, value, minimum in (
+        ("num_gaussians", num_gaussians, 1),
+        ("l_max", l_max, 0),
+        ("num_recursions", num_recursions, 0),
+    ):
+        if not isinstance(value, int) or value < minimum:
+            raise ValueError(f"`{key}` must be an integer >= {minimum}, found {value!r}")
+    if num_orbitals is None:
+        num_orbitals = num_gaussians * (num_gaussians + 1) // 2 * (l_max + 1)
+    if not isinstance(num_orbitals, int) or num_orbitals < 1:
+        raise ValueError(f"`num_orbitals` must be an integer >= 1, found {num_orbitals!r}")
+    if avg_num_neighbors is not None and not avg_num_neighbors > 0:
+        raise ValueError(f"`avg_num_neighbors` must be positive, found {avg_num_neighbors}")
+    energy_network = _network_options("energy_network", energy_network)
+    coefficient_network = _network_options("coefficient_network", coefficient_network)
+
+    # === modules ===
+    edge_length = EdgeLengthNormalizer(
+        r_max=r_max, type_names=type_names, per_edge_type_cutoff=per_edge_type_cutoff
+    )
+    radial_basis = SpeciesGaussianBasis(
+        type_names=type_names,
+        r_max=r_max,
+        num_gaussians=num_gaussians,
+        centers=gaussian_centers,
+        exponents=gaussian_exponents,
+        irreps_in=edge_length.irreps_out,
+    )
+    density = RecursiveEmbeddedDensity(
+        type_names=type_names,
+        num_gaussians=num_gaussians,
+        l_max=l_max,
+        num_orbitals=num_orbitals,
+        num_recursions=num_recursions,
+        shared_mixing=shared_mixing,
+        initial_coefficient=1.0 if avg_num_neighbors is None else 1.0 / avg_num_neighbors,
+        coefficient_network=coefficient_network,
+        irreps_in=radial_basis.irreps_out,
+    )
+    atomic_energy = AtomicEnergyReadout(
+        type_names=type_names,
+        num_orbitals=num_orbitals,
+        energy_network=energy_network,
+        irreps_in=density.irreps_out,
+    )
+    scale_shift = PerTypeScaleShift(
+        type_names=type_names,
+        field=AtomicDataDict.PER_ATOM_ENERGY_KEY,
+        out_field=AtomicDataDict.PER_ATOM_ENERGY_KEY,
+        scales=per_type_energy_scales,
+        shifts=per_type_energy_shifts,
+        scales_trainable=per_type_energy_scales_trainable,
+        shifts_trainable=per_type_energy_shifts_trainable,
+        irreps_in=atomic_energy.irreps_out,
+    )
+    total_energy = AtomwiseReduce(
+        field=AtomicDataDict.PER_ATOM_ENERGY_KEY,
+        out_field=AtomicDataDict.TOTAL_ENERGY_KEY,
+        reduce="sum",
+        irreps_in=scale_shift.irreps_out,
+    )
+    energy_model = SequentialGraphNetwork(
+        {
+            "edge_length": edge_length,
+            "radial_basis": radial_basis,
+            "density": density,
+            "atomic_energy": atomic_energy,
+            "per_type_energy_scale_shift": scale_shift,
+            "total_energy_sum": total_energy,
+        }
+    )
+    return ForceStressOutput(energy_model, do_derivatives)

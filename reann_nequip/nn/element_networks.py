@@ -1,0 +1,218 @@
+"""REANN's per-element residual networks (its ``NNMod`` of ``ResBlock``s), one per element.
+
+The weights of all elements are stacked along a leading type dimension. Every atom is pushed
+through every element's weights in one batched matmul and its own element's row is kept; with
+the handful of elements of a typical system this costs a few times the arithmetic of a
+per-element dispatch, but it has no data-dependent shapes, so it exports and compiles.
+"""
+
+import math
+from typing import List, Union
+
+import torch
+
+from .activations import ElementActivation
+
+
+class ElementLinear(torch.nn.Module):
+    """A linear layer with separate weights per element.
+
+    Args:
+        num_types (int): number of elements
+        in_features (int): input width
+        out_features (int): output width
+        weight_init (str): ``xavier`` (REANN's hidden layers) or ``zero`` (REANN's residual
+            and output layers, so a network starts as the identity or as a constant)
+        bias_init (str | float): ``default`` (PyTorch's uniform ±1/sqrt(in_features)) or a
+            constant
+    """
+
+    def __init__(
+        self,
+        num_types: int,
+        in_features: int,
+        out_features: int,
+        weight_init: str,
+        bias_init: Union[str, float],
+    ):
+        super().__init__()
+        weight = torch.empty(num_types, in_features, out_features)
+        if weight_init == "xavier":
+            bound = math.sqrt(6.0 / (in_features + out_features))
+            torch.nn.init.uniform_(weight, -bound, bound)
+        elif weight_init == "zero":
+            torch.nn.init.zeros_(weight)
+        else:
+            raise ValueError(f"`weight_init` must be `xavier` or `zero`, found {weight_init!r}")
+        bias = torch.empty(num_types, out_features)
+        if bias_init == "default":
+            bound = 1.0 / math.sqrt(in_features)
+            torch.nn.init.uniform_(bias, -bound, bound)
+        elif isinstance(bias_init, (int, float)):
+            torch.nn.init.constant_(bias, float(bias_init))
+        else:
+            raise ValueError(f"`bias_init` must be `default` or a number, found {bias_init!r}")
+        self.weight = torch.nn.Parameter(weight)  # [num_types, in, out]
+        self.bias = torch.nn.Parameter(bias)  # [num_types, out]
+
+    def forward(self, x: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:
+        """``x``: [num_atoms, in]; ``atom_types``: [num_atoms] → [num_atoms, out]."""
+        num_types, _, out_features = self.weight.shape
+        if num_types == 1:
+            return torch.addmm(self.bias[0], x, self.weight[0])
+        # [num_atoms, num_types * out]: every element's weights at once, then keep the own row
+        y = torch.mm(x, self.weight.transpose(0, 1).reshape(x.shape[1], -1))
+        y = y.view(-1, num_types, out_features)
+        index = atom_types.view(-1, 1, 1).expand(-1, 1, out_features)
+        y = torch.gather(y, 1, index).squeeze(1)
+        return y + torch.index_select(self.bias, 0, atom_types)
+
+
+class ElementLayerNorm(torch.nn.Module):
+    """Layer normalisation with per-element affine parameters (REANN's ``table_norm``)."""
+
+    def __init__(self, num_types: int, width: int):
+        super().__init__()
+        self.width = width
+        self.weight = torch.nn.Parameter(torch.ones(num_types, width))
+        self.bias = torch.nn.Parameter(torch.zeros(num_types, width))
+
+    def forward(self, x: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.layer_norm(x, [self.width])
+        weight = torch.index_select(self.weight, 0, atom_types)
+        bias = torch.index_select(self.bias, 0, atom_types)
+        return x * weight + bias
+
+
+class HiddenLayer(torch.nn.Module):
+    """activation → LayerNorm (if enabled) → dropout → linear, for one hidden width."""
+
+    def __init__(
+        self,
+        num_types: int,
+        width: int,
+        fan_in: int,
+        out_width: int,
+        activation: str,
+        layer_norm: bool,
+        dropout: float,
+        zero_output: bool,
+    ):
+        super().__init__()
+        self.activation = ElementActivation(activation, num_types, width, fan_in)
+        self.norm = ElementLayerNorm(num_types, width) if layer_norm else Passthrough()
+        self.dropout = torch.nn.Dropout(dropout)
+        self.linear = ElementLinear(
+            num_types,
+            width,
+            out_width,
+            weight_init="zero" if zero_output else "xavier",
+            bias_init=0.0,
+        )
+
+    def forward(self, x: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:
+        x = self.norm(self.activation(x, atom_types), atom_types)
+        return self.linear(self.dropout(x), atom_types)
+
+
+class Passthrough(torch.nn.Module):
+    """Stands in for :class:`ElementLayerNorm` when normalisation is off."""
+
+    def forward(self, x: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class ResidualBlock(torch.nn.Module):
+    """x + f(x), f a chain of :class:`HiddenLayer` running h1 → h2 → … → hn → h1.
+
+    The last linear starts at zero, so the block starts as the identity (REANN's ``ResBlock``).
+    """
+
+    def __init__(
+        self,
+        num_types: int,
+        hidden: List[int],
+        activation: str,
+        layer_norm: bool,
+        dropout: List[float],
+    ):
+        super().__init__()
+        widths = list(hidden) + [hidden[0]]
+        self.layers = torch.nn.ModuleList(
+            [
+                HiddenLayer(
+                    num_types,
+                    width=widths[i],
+                    # β is initialised from the true input width (REANN passes `norbit`
+                    # for the first layer of every block, whatever feeds it)
+                    fan_in=widths[i - 1] if i > 0 else widths[-1],
+                    out_width=widths[i + 1],
+                    activation=activation,
+                    layer_norm=layer_norm,
+                    dropout=dropout[i],
+                    zero_output=i == len(hidden) - 1,
+                )
+                for i in range(len(hidden))
+            ]
+        )
+
+    def forward(self, x: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:
+        y = x
+        for layer in self.layers:
+            y = layer(y, atom_types)
+        return x + y
+
+
+class ElementNetworks(torch.nn.Module):
+    """One residual network per element, applied to each atom by its element.
+
+    Structure (REANN ``NNMod``): linear(in → h1) → ``num_blocks`` residual blocks →
+    activation → linear(h1 → out). The output layer starts with zero weights, so at
+    initialisation every atom gets the constant ``output_bias``.
+
+    Args:
+        num_types (int): number of elements
+        in_features (int): input width (the density width ``num_orbitals``)
+        out_features (int): output width
+        hidden (list[int]): REANN's ``nl``, hidden widths h1 … hn
+        num_blocks (int): REANN's ``nblock``, number of residual blocks
+        activation (str): ``relu_like``, ``tanh_like`` or ``silu``
+        layer_norm (bool): REANN's ``table_norm``
+        dropout (list[float]): dropout probability per hidden layer
+        output_bias (float): initial bias of the output layer
+    """
+
+    def __init__(
+        self,
+        num_types: int,
+        in_features: int,
+        out_features: int,
+        hidden: List[int],
+        num_blocks: int,
+        activation: str,
+        layer_norm: bool,
+        dropout: List[float],
+        output_bias: float,
+    ):
+        super().__init__()
+        self.input_linear = ElementLinear(
+            num_types, in_features, hidden[0], weight_init="xavier", bias_init="default"
+        )
+        self.blocks = torch.nn.ModuleList(
+            [
+                ResidualBlock(num_types, hidden, activation, layer_norm, dropout)
+                for _ in range(num_blocks)
+            ]
+        )
+        self.output_activation = ElementActivation(activation, num_types, hidden[0], hidden[-1])
+        self.output_linear = ElementLinear(
+            num_types, hidden[0], out_features, weight_init="zero", bias_init=output_bias
+        )
+
+    def forward(self, x: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:
+        """``x``: [num_atoms, in_features]; ``atom_types``: [num_atoms] → [num_atoms, out]."""
+        x = self.input_linear(x, atom_types)
+        for block in self.blocks:
+            x = block(x, atom_types)
+        x = self.output_activation(x, atom_types)
+        return self.output_linear(x, atom_types)

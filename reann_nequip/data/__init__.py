@@ -1,0 +1,5 @@
+"""Data transforms and readers."""
+
+from .type_mapper import ChemicalSpeciesToAtomTypeMapper
+
+__all__ = ["ChemicalSpeciesToAtomTypeMapper"]

@@ -1,0 +1,55 @@
+"""nequip's shared model test suite, run on REANN (T = 2) and EANN (T = 0) in float32 and float64."""
+
+import pytest
+from nequip.utils.unittests.model_tests import BaseEnergyModelTests
+
+from .utils import randomize_parameters
+
+BASE_CONFIG = {
+    "_target_": "reann_nequip.model.ReannModel",
+    "seed": 123,
+    "type_names": ["H", "C", "O"],
+    "r_max": 4.0,
+    "num_gaussians": 4,
+    "l_max": 2,
+    "num_orbitals": 12,
+    "energy_network": {"hidden": [16, 16], "num_blocks": 1},
+    "coefficient_network": {"hidden": [16], "num_blocks": 1},
+    "avg_num_neighbors": 1.0,
+    # evenly spread Gaussians, so that every pair distance the suite probes feels the density
+    "gaussian_centers": [0.0, 1.0, 2.0, 3.0],
+    "gaussian_exponents": [-0.8, -0.8, -0.8, -0.8],
+    "per_type_energy_shifts": {"H": -13.6, "C": -1027.5, "O": -2041.0},
+    "per_type_energy_scales": {"H": 0.5, "C": 1.5, "O": 1.0},
+}
+
+
+class TestReannModel(BaseEnergyModelTests):
+    @pytest.fixture(
+        scope="class",
+        params=[
+            {"num_recursions": 0},
+            {"num_recursions": 2, "energy_network": {"hidden": [16, 8], "activation": "tanh_like"}},
+        ],
+        ids=["eann", "reann_T2"],
+    )
+    def config(self, request):
+        return {**BASE_CONFIG, **request.param}
+
+    @pytest.fixture
+    def strict_locality(self, config):
+        return config["num_recursions"] == 0
+
+    @pytest.fixture(scope="class")
+    def equivariance_tol(self, model_dtype):
+        return {"float32": 5e-5, "float64": 1e-10}[model_dtype]
+
+    @pytest.fixture(scope="class", params=["minimal_toy_emt.yaml"])
+    def conffile(self, request):
+        # nequip's default list also has minimal_aspirin.yaml, which downloads its data
+        return request.param
+
+    @staticmethod
+    def make_model(model_config, device):
+        model = BaseEnergyModelTests.make_model(model_config, device)
+        return randomize_parameters(model, seed=7)

@@ -2,6 +2,7 @@
 
 import pytest
 from nequip.utils.unittests.model_tests import BaseEnergyModelTests
+from nequip.utils.unittests.model_tests_basic import EnergyModelTestsMixin
 
 from .utils import randomize_parameters
 
@@ -52,4 +53,32 @@ class TestReannModel(BaseEnergyModelTests):
     @staticmethod
     def make_model(model_config, device):
         model = BaseEnergyModelTests.make_model(model_config, device)
+        return randomize_parameters(model, seed=7)
+
+
+class TestReannPerEdgeTypeCutoff(EnergyModelTestsMixin):
+    """Shorter cutoffs for some element pairs (nequip's ``per_edge_type_cutoff``).
+
+    Physics tests only; the train/compile integration runs are covered by ``TestReannModel``.
+    """
+
+    @pytest.fixture(scope="class")
+    def config(self):
+        return {
+            **BASE_CONFIG,
+            "num_recursions": 1,
+            "per_edge_type_cutoff": {"H": 2.5, "C": {"H": 3.0, "O": 3.5}},
+        }
+
+    @pytest.fixture
+    def strict_locality(self):
+        return False
+
+    @pytest.fixture(scope="class")
+    def equivariance_tol(self, model_dtype):
+        return {"float32": 5e-5, "float64": 1e-10}[model_dtype]
+
+    @staticmethod
+    def make_model(model_config, device):
+        model = EnergyModelTestsMixin.make_model(model_config, device)
         return randomize_parameters(model, seed=7)

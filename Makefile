@@ -1,0 +1,49 @@
+# Everything a fresh machine needs: `make demo` trains the CH4 example, `make test` runs the tests.
+# torch is installed first and explicitly: a bare `torch` requirement resolved by pip before it is
+# installed would pull a multi-GB CUDA build.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.reann-nequip-installed
+TORCH_VERSION := 2.13.0
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: install demo test test-fast lint format benchmark clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+## demo: train REANN on the shipped CH4 data for a few minutes and print the test errors
+demo: install
+	nequip-train configs/reann_ch4.yaml hydra.run.dir=outputs/demo/$$(date +%Y%m%d-%H%M%S)
+
+## test: lint, then every test (slow integration tests included)
+test: lint
+	$(BIN)/python -m pytest -ra
+
+## test-fast: the tests without the slow integration runs
+test-fast: install
+	$(BIN)/python -m pytest -ra -m "not slow"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/yamllint --strict configs .yamllint
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+## benchmark: REANN vs NequIP speed and memory on 192-atom water (needs ../shared/data)
+benchmark: install
+	$(BIN)/python benchmarks/bench_water.py --data ../shared/data/water_deepmd
+
+clean:
+	rm -rf $(VENV) outputs

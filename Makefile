@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[test,pyg]"
 	touch $@
 
 ## demo: train REANN on the shipped CH4 data for a few minutes and print the test errors
@@ -35,7 +35,7 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/yamllint --strict configs .yamllint
+	$(BIN)/yamllint --strict configs tests/configs .yamllint
 
 format: install
 	$(BIN)/ruff check --fix .

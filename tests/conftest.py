@@ -20,3 +20,13 @@ def shared_data() -> pathlib.Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data sets not found at {SHARED_DATA} (a clone without ../shared)")
     return SHARED_DATA
+
+
+# nequip's suite runs real nequip-train / nequip-package / nequip-compile for these
+_INTEGRATION_TESTS = ("test_ase_compile", "test_train_time_compile", "test_mliap_integration")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.originalname in _INTEGRATION_TESTS:
+            item.add_marker(pytest.mark.slow)

@@ -2,7 +2,7 @@
 
 import pytest
 from nequip.utils.unittests.model_tests import BaseEnergyModelTests
-from nequip.utils.unittests.model_tests_basic import EnergyModelTestsMixin
+from nequip.utils.unittests.model_tests_basic import BasicModelTestsMixin, EnergyModelTestsMixin
 
 from .utils import randomize_parameters
 
@@ -25,7 +25,21 @@ BASE_CONFIG = {
 }
 
 
-class TestReannModel(BaseEnergyModelTests):
+class PerturbedReannMixin:
+    """Tolerances for REANN, and models perturbed away from REANN's zero-output start."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def equivariance_tol(cls, model_dtype):
+        return {"float32": 5e-5, "float64": 1e-10}[model_dtype]
+
+    @staticmethod
+    def make_model(model_config, device):
+        model = BasicModelTestsMixin.make_model(model_config, device)
+        return randomize_parameters(model, seed=7)
+
+
+class TestReannModel(PerturbedReannMixin, BaseEnergyModelTests):
     @pytest.fixture(
         scope="class",
         params=[
@@ -34,36 +48,30 @@ class TestReannModel(BaseEnergyModelTests):
         ],
         ids=["eann", "reann_T2"],
     )
-    def config(self, request):
+    @classmethod
+    def config(cls, request):
         return {**BASE_CONFIG, **request.param}
 
     @pytest.fixture
     def strict_locality(self, config):
         return config["num_recursions"] == 0
 
-    @pytest.fixture(scope="class")
-    def equivariance_tol(self, model_dtype):
-        return {"float32": 5e-5, "float64": 1e-10}[model_dtype]
-
     @pytest.fixture(scope="class", params=["minimal_toy_emt.yaml"])
-    def conffile(self, request):
+    @classmethod
+    def conffile(cls, request):
         # nequip's default list also has minimal_aspirin.yaml, which downloads its data
         return request.param
 
-    @staticmethod
-    def make_model(model_config, device):
-        model = BaseEnergyModelTests.make_model(model_config, device)
-        return randomize_parameters(model, seed=7)
 
-
-class TestReannPerEdgeTypeCutoff(EnergyModelTestsMixin):
+class TestReannPerEdgeTypeCutoff(PerturbedReannMixin, EnergyModelTestsMixin):
     """Shorter cutoffs for some element pairs (nequip's ``per_edge_type_cutoff``).
 
     Physics tests only; the train/compile integration runs are covered by ``TestReannModel``.
     """
 
     @pytest.fixture(scope="class")
-    def config(self):
+    @classmethod
+    def config(cls):
         return {
             **BASE_CONFIG,
             "num_recursions": 1,
@@ -73,12 +81,3 @@ class TestReannPerEdgeTypeCutoff(EnergyModelTestsMixin):
     @pytest.fixture
     def strict_locality(self):
         return False
-
-    @pytest.fixture(scope="class")
-    def equivariance_tol(self, model_dtype):
-        return {"float32": 5e-5, "float64": 1e-10}[model_dtype]
-
-    @staticmethod
-    def make_model(model_config, device):
-        model = EnergyModelTestsMixin.make_model(model_config, device)
-        return randomize_parameters(model, seed=7)

@@ -35,9 +35,7 @@ class AtomicEnergyReadout(GraphModuleMixin, torch.nn.Module):
         irreps_in=None,
     ):
         super().__init__()
-        self.network = ElementNetworks(
-            len(type_names), num_orbitals, 1, output_bias=0.0, **energy_network
-        )
+        self.network = ElementNetworks(len(type_names), num_orbitals, 1, **energy_network)
         self.register_buffer("all_types", torch.arange(len(type_names)))
         self._init_irreps(
             irreps_in=irreps_in,

@@ -7,7 +7,7 @@ per-element dispatch, but it has no data-dependent shapes, so it exports and com
 """
 
 import math
-from typing import List, Union
+from typing import List, Optional
 
 import torch
 
@@ -21,10 +21,10 @@ class ElementLinear(torch.nn.Module):
         num_types (int): number of elements
         in_features (int): input width
         out_features (int): output width
-        weight_init (str): ``xavier`` (REANN's hidden layers) or ``zero`` (REANN's residual
-            and output layers, so a network starts as the identity or as a constant)
-        bias_init (str | float): ``default`` (PyTorch's uniform ±1/sqrt(in_features)) or a
-            constant
+        zero_weight (bool): start with zero weights (REANN's residual and output layers, so a
+            block starts as the identity and a network as a constant) instead of Xavier-uniform
+        bias (float | None): constant initial bias, or ``None`` for PyTorch's uniform
+            ±1/sqrt(in_features)
     """
 
     def __init__(
@@ -32,28 +32,21 @@ class ElementLinear(torch.nn.Module):
         num_types: int,
         in_features: int,
         out_features: int,
-        weight_init: str,
-        bias_init: Union[str, float],
+        zero_weight: bool,
+        bias: Optional[float],
     ):
         super().__init__()
-        weight = torch.empty(num_types, in_features, out_features)
-        if weight_init == "xavier":
+        weight = torch.zeros(num_types, in_features, out_features)
+        if not zero_weight:
             bound = math.sqrt(6.0 / (in_features + out_features))
             torch.nn.init.uniform_(weight, -bound, bound)
-        elif weight_init == "zero":
-            torch.nn.init.zeros_(weight)
-        else:
-            raise ValueError(f"`weight_init` must be `xavier` or `zero`, found {weight_init!r}")
-        bias = torch.empty(num_types, out_features)
-        if bias_init == "default":
+        if bias is None:
             bound = 1.0 / math.sqrt(in_features)
-            torch.nn.init.uniform_(bias, -bound, bound)
-        elif isinstance(bias_init, (int, float)):
-            torch.nn.init.constant_(bias, float(bias_init))
+            initial_bias = torch.empty(num_types, out_features).uniform_(-bound, bound)
         else:
-            raise ValueError(f"`bias_init` must be `default` or a number, found {bias_init!r}")
+            initial_bias = torch.full((num_types, out_features), float(bias))
         self.weight = torch.nn.Parameter(weight)  # [num_types, in, out]
-        self.bias = torch.nn.Parameter(bias)  # [num_types, out]
+        self.bias = torch.nn.Parameter(initial_bias)  # [num_types, out]
 
     def forward(self, x: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:
         """``x``: [num_atoms, in]; ``atom_types``: [num_atoms] → [num_atoms, out]."""
@@ -106,8 +99,8 @@ class HiddenLayer(torch.nn.Module):
             num_types,
             width,
             out_width,
-            weight_init="zero" if zero_output else "xavier",
-            bias_init=0.0,
+            zero_weight=zero_output,
+            bias=0.0,
         )
 
     def forward(self, x: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:
@@ -167,8 +160,8 @@ class ElementNetworks(torch.nn.Module):
     """One residual network per element, applied to each atom by its element.
 
     Structure (REANN ``NNMod``): linear(in → h1) → ``num_blocks`` residual blocks →
-    activation → linear(h1 → out). The output layer starts with zero weights, so at
-    initialisation every atom gets the constant ``output_bias``.
+    activation → linear(h1 → out). The output layer starts at zero (weights and bias), so a
+    new network outputs zero for every atom.
 
     Args:
         num_types (int): number of elements
@@ -179,7 +172,6 @@ class ElementNetworks(torch.nn.Module):
         activation (str): ``relu_like``, ``tanh_like`` or ``silu``
         layer_norm (bool): REANN's ``table_norm``
         dropout (list[float]): dropout probability per hidden layer
-        output_bias (float): initial bias of the output layer
     """
 
     def __init__(
@@ -192,11 +184,10 @@ class ElementNetworks(torch.nn.Module):
         activation: str,
         layer_norm: bool,
         dropout: List[float],
-        output_bias: float,
     ):
         super().__init__()
         self.input_linear = ElementLinear(
-            num_types, in_features, hidden[0], weight_init="xavier", bias_init="default"
+            num_types, in_features, hidden[0], zero_weight=False, bias=None
         )
         self.blocks = torch.nn.ModuleList(
             [
@@ -206,7 +197,7 @@ class ElementNetworks(torch.nn.Module):
         )
         self.output_activation = ElementActivation(activation, num_types, hidden[0], hidden[-1])
         self.output_linear = ElementLinear(
-            num_types, hidden[0], out_features, weight_init="zero", bias_init=output_bias
+            num_types, hidden[0], out_features, zero_weight=True, bias=0.0
         )
 
     def forward(self, x: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:

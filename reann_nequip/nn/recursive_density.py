@@ -23,9 +23,7 @@ class OrbitalCoefficientUpdate(torch.nn.Module):
         self, num_types: int, num_orbitals: int, num_gaussians: int, network: Dict[str, Any]
     ):
         super().__init__()
-        self.network = ElementNetworks(
-            num_types, num_orbitals, num_gaussians, output_bias=0.0, **network
-        )
+        self.network = ElementNetworks(num_types, num_orbitals, num_gaussians, **network)
 
     def forward(
         self, coefficients: torch.Tensor, density: torch.Tensor, atom_types: torch.Tensor

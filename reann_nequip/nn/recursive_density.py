@@ -54,8 +54,6 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
             (``hidden``, ``num_blocks``, ``activation``, ``layer_norm``, ``dropout``)
     """
 
-    num_recursions: int
-
     def __init__(
         self,
         type_names: List[str],
@@ -70,7 +68,6 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
     ):
         super().__init__()
         num_types = len(type_names)
-        self.num_recursions = num_recursions
         self.monomials = CartesianMonomials(l_max)
         self.initial_coefficients = torch.nn.Parameter(
             torch.full((num_types, num_gaussians), float(initial_coefficient))

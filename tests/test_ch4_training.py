@@ -1,14 +1,12 @@
 """The CH4 tutorial config trains through both command-line forms, and bare paths reach Hydra."""
 
-import os
-import subprocess
 import sys
 
 import pytest
 
 from reann_nequip import _cli_compat
 
-from .conftest import REPO_ROOT
+from .utils import REPO_ROOT, run_nequip_train
 
 CONFIG = REPO_ROOT / "configs" / "reann_ch4.yaml"
 
@@ -40,20 +38,6 @@ def test_config_path_argument_becomes_hydra_dir_and_name(monkeypatch, argv, expe
     assert sys.argv == (argv if expected is None else expected)
 
 
-def _train(tmp_path, *args):
-    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
-    result = subprocess.run(
-        ["nequip-train", *args, "trainer.max_epochs=1", f"hydra.run.dir={tmp_path}"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "form",
@@ -61,7 +45,7 @@ def _train(tmp_path, *args):
     ids=["file_path", "hydra_dir_and_name"],
 )
 def test_ch4_config_trains_and_tests(tmp_path, form):
-    result = _train(tmp_path, *form)
+    result = run_nequip_train(*form, "trainer.max_epochs=1", f"hydra.run.dir={tmp_path}")
     assert (tmp_path / "best.ckpt").is_file() and (tmp_path / "last.ckpt").is_file()
     assert (tmp_path / "test0.xyz").is_file() or any(tmp_path.glob("test*.xyz"))
     report = result.stdout + result.stderr

@@ -1,7 +1,6 @@
 """PyTorch Geometric bridge: conversions both ways, errors, batched evaluation, nequip-train."""
 
 import importlib.util
-import os
 import subprocess
 import sys
 
@@ -14,8 +13,7 @@ from nequip.utils.global_state import set_global_state
 
 from reann_nequip.integrations import pyg as pyg_bridge
 
-from .conftest import REPO_ROOT
-from .utils import randomize_parameters
+from .utils import REPO_ROOT, randomize_parameters, run_nequip_train
 
 TYPE_NAMES = ["H", "C", "N", "O"]
 R_MAX = 3.0
@@ -371,28 +369,14 @@ def test_batched_pyg_evaluation_equals_per_molecule_and_nequip_ase_path(model_dt
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("pyg_run")
-    env = {
-        **os.environ,
-        "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
-        # makes `tests.pyg_fixtures.TinyMolecules` importable by nequip-train
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
-    }
-    result = subprocess.run(
-        [
-            "nequip-train",
-            "-cd",
-            str(REPO_ROOT / "tests" / "configs"),
-            "-cn",
-            "pyg_tiny",
-            f"hydra.run.dir={run_dir}",
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
+    result = run_nequip_train(
+        "-cd",
+        str(REPO_ROOT / "tests" / "configs"),
+        "-cn",
+        "pyg_tiny",
+        f"hydra.run.dir={run_dir}",
+        python_path=True,
     )
-    assert result.returncode == 0, result.stderr[-4000:]
     return run_dir, result.stdout + result.stderr
 
 

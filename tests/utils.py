@@ -1,6 +1,33 @@
 """Helpers shared by the tests."""
 
+import os
+import pathlib
+import subprocess
+import sys
+
 import torch
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_nequip_train(*args: str, python_path: bool = False) -> subprocess.CompletedProcess:
+    """``nequip-train ARGS`` from the repository root with this venv's tools; asserts success.
+
+    ``python_path`` puts the repository root on PYTHONPATH (for configs naming ``tests.…``).
+    """
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    if python_path:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    result = subprocess.run(
+        ["nequip-train", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
 
 
 def randomize_parameters(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

@@ -3,7 +3,6 @@
 from typing import Any, Dict, List
 
 import torch
-from e3nn.o3._irreps import Irreps
 from nequip.data import AtomicDataDict
 from nequip.nn import GraphModuleMixin
 
@@ -39,8 +38,8 @@ class AtomicEnergyReadout(GraphModuleMixin, torch.nn.Module):
         self.register_buffer("all_types", torch.arange(len(type_names)))
         self._init_irreps(
             irreps_in=irreps_in,
-            my_irreps_in={AtomicDataDict.NODE_FEATURES_KEY: Irreps([(num_orbitals, (0, 1))])},
-            irreps_out={AtomicDataDict.PER_ATOM_ENERGY_KEY: Irreps("0e")},
+            my_irreps_in={AtomicDataDict.NODE_FEATURES_KEY: f"{num_orbitals}x0e"},
+            irreps_out={AtomicDataDict.PER_ATOM_ENERGY_KEY: "0e"},
         )
 
     def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:

@@ -4,7 +4,6 @@ import math
 from typing import List, Optional
 
 import torch
-from e3nn.o3._irreps import Irreps
 from nequip.data import AtomicDataDict
 from nequip.nn import GraphModuleMixin
 
@@ -71,7 +70,7 @@ class SpeciesGaussianBasis(GraphModuleMixin, torch.nn.Module):
         self._init_irreps(
             irreps_in=irreps_in,
             required_irreps_in=[AtomicDataDict.NORM_LENGTH_KEY],
-            irreps_out={AtomicDataDict.EDGE_EMBEDDING_KEY: Irreps([(num_gaussians, (0, 1))])},
+            irreps_out={AtomicDataDict.EDGE_EMBEDDING_KEY: f"{num_gaussians}x0e"},
         )
 
     @staticmethod

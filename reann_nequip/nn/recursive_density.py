@@ -4,7 +4,6 @@ import math
 from typing import Any, Dict, List
 
 import torch
-from e3nn.o3._irreps import Irreps
 from nequip.data import AtomicDataDict
 from nequip.nn import GraphModuleMixin, with_edge_vectors_
 
@@ -91,7 +90,7 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
         self._init_irreps(
             irreps_in=irreps_in,
             required_irreps_in=[AtomicDataDict.EDGE_EMBEDDING_KEY],
-            irreps_out={AtomicDataDict.NODE_FEATURES_KEY: Irreps([(num_orbitals, (0, 1))])},
+            irreps_out={AtomicDataDict.NODE_FEATURES_KEY: f"{num_orbitals}x0e"},
         )
 
     def _mixing_for_step(self, step: int) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """PyTorch Geometric bridge: conversions both ways, errors, batched evaluation, nequip-train."""
 
 import importlib.util
+import os
 import subprocess
 import sys
 
@@ -395,3 +396,33 @@ def test_pyg_dataset_trains_from_yaml_and_checkpoint_evaluates_on_a_batch(traine
     out = pyg_bridge.evaluate_pyg_batch(model, batch)
     assert out["energy"].shape == (20,) and out["forces"].shape == (batch.num_nodes, 3)
     assert bool(torch.isfinite(out["energy"]).all()) and bool(torch.isfinite(out["forces"]).all())
+
+
+@needs_pyg
+@pytest.mark.slow
+def test_packaged_model_evaluates_on_a_batch_like_its_checkpoint(trained_run, tmp_path):
+    from nequip.model import ModelFromCheckpoint, ModelFromPackage
+
+    run_dir, _ = trained_run
+    package = tmp_path / "pyg_tiny.nequip.zip"
+    bin_dir = os.path.dirname(sys.executable)
+    subprocess.run(
+        [
+            os.path.join(bin_dir, "nequip-package"),
+            "build",
+            str(run_dir / "best.ckpt"),
+            str(package),
+        ],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    batch = _batch(_molecules(num_molecules=6))
+    results = []
+    for model in (ModelFromCheckpoint(str(run_dir / "best.ckpt")), ModelFromPackage(str(package))):
+        model.eval()
+        results.append(pyg_bridge.evaluate_pyg_batch(model, batch))
+    for key in ("energy", "forces"):
+        torch.testing.assert_close(results[1][key], results[0][key], rtol=0, atol=1e-10)

@@ -14,7 +14,7 @@ from nequip.utils.global_state import set_global_state
 
 from reann_nequip.integrations import pyg as pyg_bridge
 
-from .utils import REPO_ROOT, randomize_parameters, run_nequip_train
+from .utils import REPO_ROOT, model_input, randomize_parameters, run_nequip_train
 
 TYPE_NAMES = ["H", "C", "N", "O"]
 R_MAX = 3.0
@@ -133,11 +133,7 @@ def test_round_trip_nequip_pyg_nequip_preserves_every_field():
         atoms.calc = SinglePointCalculator(
             atoms, energy=float(molecule.energy), forces=molecule.forces.numpy()
         )
-        frame = compute_neighborlist_(from_ase(atoms), R_MAX)
-        frame[AtomicDataDict.ATOM_TYPE_KEY] = torch.tensor(
-            [TYPE_NAMES.index(s) for s in atoms.get_chemical_symbols()]
-        )
-        frames.append(frame)
+        frames.append(model_input(atoms, TYPE_NAMES, R_MAX))
     data = AtomicDataDict.batched_from_list(frames)
 
     again = pyg_bridge.pyg_to_atomic_data(
@@ -351,11 +347,7 @@ def test_batched_pyg_evaluation_equals_per_molecule_and_nequip_ase_path(model_dt
     # the same molecules through nequip's own ASE path
     for g, molecule in enumerate(molecules):
         atoms = Atoms(numbers=molecule.z.numpy(), positions=molecule.pos.double().numpy())
-        data = compute_neighborlist_(from_ase(atoms), R_MAX)
-        data[AtomicDataDict.ATOM_TYPE_KEY] = torch.tensor(
-            [TYPE_NAMES.index(s) for s in atoms.get_chemical_symbols()]
-        )
-        out = model(data)
+        out = model(model_input(atoms, TYPE_NAMES, R_MAX))
         torch.testing.assert_close(
             batched["energy"][g : g + 1],
             out[AtomicDataDict.TOTAL_ENERGY_KEY].detach().view(-1),

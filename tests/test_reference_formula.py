@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
-from nequip.data import AtomicDataDict, compute_neighborlist_, from_ase
+from nequip.data import AtomicDataDict
 from nequip.utils.global_state import set_global_state
 
 from reann_nequip.model import ReannModel
 from reann_nequip.nn.element_networks import ElementLayerNorm
 
-from .utils import randomize_parameters
+from .utils import model_input, randomize_parameters
 
 TYPE_NAMES = ["H", "C", "O"]
 R_MAX = 3.5
@@ -216,10 +216,7 @@ def test_density_and_energy_match_reference_formula(periodic, options):
     }
     model = randomize_parameters(ReannModel(**config), seed=3)
 
-    data = from_ase(atoms)
-    data[AtomicDataDict.ATOM_TYPE_KEY] = torch.tensor(species)
-    data = compute_neighborlist_(data, r_max=R_MAX)
-    out = model(data)
+    out = model(model_input(atoms, TYPE_NAMES, R_MAX))
 
     rho_ref, energies_ref = reference_energies(model, atoms, species)
     np.testing.assert_allclose(

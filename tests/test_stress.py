@@ -2,14 +2,13 @@
 
 import numpy as np
 import pytest
-import torch
 from ase import Atoms
-from nequip.data import AtomicDataDict, compute_neighborlist_, from_ase
+from nequip.data import AtomicDataDict
 from nequip.utils.global_state import set_global_state
 
 from reann_nequip.model import ReannModel
 
-from .utils import randomize_parameters
+from .utils import model_input, randomize_parameters
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -17,10 +16,12 @@ def global_state():
     set_global_state()
 
 
+TYPE_NAMES = ["O", "H"]
+R_MAX = 3.5
+
+
 def energy(model, atoms):
-    data = from_ase(atoms)
-    data[AtomicDataDict.ATOM_TYPE_KEY] = torch.tensor([0 if s == "O" else 1 for s in atoms.symbols])
-    return model(compute_neighborlist_(data, r_max=3.5))
+    return model(model_input(atoms, TYPE_NAMES, R_MAX))
 
 
 @pytest.mark.parametrize("num_recursions", [0, 2])
@@ -32,8 +33,8 @@ def test_stress_equals_strain_derivative_of_energy(num_recursions):
     model = ReannModel(
         seed=4,
         model_dtype="float64",
-        type_names=["O", "H"],
-        r_max=3.5,
+        type_names=TYPE_NAMES,
+        r_max=R_MAX,
         num_gaussians=4,
         num_recursions=num_recursions,
         energy_network={"hidden": [8]},

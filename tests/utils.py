@@ -4,10 +4,22 @@ import os
 import pathlib
 import subprocess
 import sys
+from typing import List
 
 import torch
+from ase import Atoms
+from nequip.data import AtomicDataDict, compute_neighborlist_, from_ase
+
+from reann_nequip.data import ChemicalSpeciesToAtomTypeMapper
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def model_input(atoms: Atoms, type_names: List[str], r_max: float) -> AtomicDataDict.Type:
+    """One frame as the model reads it: atom types by element from ``type_names``, neighbours
+    within ``r_max`` Å."""
+    mapper = ChemicalSpeciesToAtomTypeMapper(model_type_names=list(type_names))
+    return compute_neighborlist_(mapper(from_ase(atoms)), r_max=r_max)
 
 
 def run_nequip_train(*args: str, python_path: bool = False) -> subprocess.CompletedProcess:

@@ -1,0 +1,154 @@
+"""From a nequip checkpoint or package to the TorchScript file that ``pair_reann`` and ASE load."""
+
+import pathlib
+from typing import Dict, Optional, Tuple
+
+import torch
+
+from .._version import __version__
+from .deployed_model import DeployedEnergyModel
+
+# the layout of the deployed file; pair_reann refuses files of another format
+DEPLOY_FORMAT = "1"
+# every metadata entry is a plain-text extra file of the TorchScript archive
+METADATA_KEYS = (
+    "deploy_format",
+    "model_kind",
+    "type_names",
+    "r_max",
+    "num_recursions",
+    "interaction_range",
+    "model_dtype",
+    "units",
+    "reann_nequip_version",
+    "nequip_version",
+    "torch_version",
+)
+_MODEL_DTYPES = ("float32", "float64")
+
+
+def _checkpoint_model_config(path: pathlib.Path) -> Dict:
+    """The ``model`` section of the training config saved in a checkpoint."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    return dict(checkpoint["hyper_parameters"]["model"])
+
+
+def load_trained_model(path: str, model_dtype: Optional[str] = None) -> torch.nn.Module:
+    """The nequip ``GraphModel`` of a checkpoint (EMA weights when trained with EMA) or package.
+
+    Args:
+        path: a ``.ckpt`` checkpoint or a ``.nequip.zip`` package
+        model_dtype: ``float32`` or ``float64``; ``None`` keeps the dtype the model was trained in.
+            Another dtype rebuilds the model from its saved config and copies the weights.
+    """
+    import hydra
+    from nequip.model.saved_models.load_utils import load_saved_model
+    from nequip.utils.global_state import set_global_state
+
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint or package at `{path}`")
+    if model_dtype is not None and model_dtype not in _MODEL_DTYPES:
+        raise ValueError(f"`model_dtype` must be one of {_MODEL_DTYPES}, found {model_dtype!r}")
+    set_global_state()
+    trained = load_saved_model(str(path))
+    trained_dtype = trained.metadata["model_dtype"]
+    if model_dtype is None or model_dtype == trained_dtype:
+        return trained
+
+    if path.name.endswith(".nequip.zip"):
+        raise ValueError(
+            f"`{path}` is a nequip package of a {trained_dtype} model; packages do not keep the "
+            f"builder config needed to rebuild it as {model_dtype}. Deploy its checkpoint instead, "
+            f"or deploy the package as {trained_dtype}."
+        )
+    config = _checkpoint_model_config(path)
+    if not str(config.get("_target_", "")).startswith("reann_nequip.model."):
+        raise ValueError(
+            f"`{path}` holds a {trained_dtype} model built by `{config.get('_target_')}`; only models "
+            f"built by a reann_nequip builder can be rebuilt as {model_dtype}. Deploy it as {trained_dtype}."
+        )
+    config["model_dtype"] = model_dtype
+    # called as nequip's training module builds models: no omegaconf containers
+    rebuilt = hydra.utils.get_method(config.pop("_target_"))(**config)
+    # copy_ casts each tensor to the new dtype
+    rebuilt.load_state_dict(trained.state_dict())
+    return rebuilt
+
+
+def _energy_model(graph_model: torch.nn.Module, source: str) -> Tuple[torch.nn.Module, int]:
+    """The per-atom energy part of a ``ReannModel`` (inside its ``ForceStressOutput``) and its
+    number of recursions."""
+    try:
+        energy_model = graph_model.model.func
+        num_recursions = len(energy_model.density.updates)
+    except AttributeError:
+        raise ValueError(f"`{source}` does not hold a reann_nequip energy model") from None
+    return energy_model, num_recursions
+
+
+def deployed_metadata(graph_model: torch.nn.Module, units: str, source: str) -> Dict[str, str]:
+    """Metadata of the deployed file, read from the trained nequip model."""
+    import nequip
+
+    metadata = graph_model.metadata
+    _, num_recursions = _energy_model(graph_model, source)
+    r_max = float(metadata["r_max"])
+    return {
+        "deploy_format": DEPLOY_FORMAT,
+        "model_kind": "energy",
+        "type_names": metadata["type_names"],
+        "r_max": repr(r_max),
+        "num_recursions": str(num_recursions),
+        # an atom's energy depends on every atom within (T + 1) r_max
+        "interaction_range": repr((num_recursions + 1) * r_max),
+        "model_dtype": metadata["model_dtype"],
+        "units": units,
+        "reann_nequip_version": __version__,
+        "nequip_version": nequip.__version__,
+        "torch_version": torch.__version__,
+    }
+
+
+def deploy(
+    model_path: str, output_path: str, model_dtype: Optional[str] = None, units: str = "metal"
+) -> Dict[str, str]:
+    """Write the TorchScript file of a trained energy model; returns its metadata.
+
+    Args:
+        model_path: nequip checkpoint (``.ckpt``) or package (``.nequip.zip``)
+        output_path: the deployed file (conventionally ``*.pth``)
+        model_dtype: ``float32`` or ``float64`` (default: the training dtype)
+        units: the LAMMPS ``units`` style of the training data (default ``metal``: eV, Å)
+    """
+    return save_deployed(
+        load_trained_model(model_path, model_dtype), output_path, units, model_path
+    )
+
+
+def save_deployed(
+    graph_model: torch.nn.Module, output_path: str, units: str = "metal", source: str = "model"
+) -> Dict[str, str]:
+    """Script a nequip ``GraphModel`` of a ``ReannModel`` into ``output_path``; returns the metadata."""
+    metadata = deployed_metadata(graph_model, units, source)
+    deployed = DeployedEnergyModel(_energy_model(graph_model, source)[0]).eval()
+    for parameter in deployed.parameters():
+        parameter.requires_grad_(False)
+    scripted = torch.jit.script(deployed)
+    torch.jit.save(scripted, output_path, _extra_files=metadata)
+    return metadata
+
+
+def read_metadata(path: str) -> Dict[str, str]:
+    """Metadata of a deployed file; raises ``ValueError`` for files that are not one."""
+    extra_files = {key: "" for key in METADATA_KEYS}
+    try:
+        torch.jit.load(path, map_location="cpu", _extra_files=extra_files)
+    except (RuntimeError, ValueError) as error:
+        raise ValueError(f"`{path}` is not a TorchScript file: {error}") from error
+    if extra_files["deploy_format"] == "":
+        raise ValueError(f"`{path}` is TorchScript but not a reann_nequip deployed model")
+    return {
+        key: value.decode() if isinstance(value, bytes) else value
+        for key, value in extra_files.items()
+    }

@@ -1,0 +1,70 @@
+"""The TorchScript module that ``pair_reann`` and :class:`reann_nequip.integrations.ase.ReannCalculator` call.
+
+One calling convention serves both ways LAMMPS hands over a configuration:
+
+- *periodic images* (one MPI rank, and ASE): ``pos`` holds the real atoms only and every edge
+  carries the Cartesian vector of its periodic image, ``shift`` (Å), so that
+  ``r_ij = pos[j] - pos[i] + shift_ij``;
+- *ghost shell* (several MPI ranks): ``pos`` holds local atoms first, then ghost atoms out to the
+  model's interaction range, and every shift is zero.
+
+Only the first ``num_local`` atomic energies enter the energy whose gradients are returned, so
+forces on ghost atoms are the terms that LAMMPS sends back to their owners.
+"""
+
+from typing import List, Optional, Tuple
+
+import torch
+from nequip.data import AtomicDataDict
+
+
+class DeployedEnergyModel(torch.nn.Module):
+    """Energy, forces and virial of a trained REANN energy model, in float64 at the interface.
+
+    Args:
+        energy_model: the nequip module mapping a graph to ``atomic_energy`` (the ``func`` of a
+            ``ForceStressOutput``), in float32 or float64
+    """
+
+    def __init__(self, energy_model: torch.nn.Module):
+        super().__init__()
+        self.energy_model = energy_model
+
+    def forward(
+        self,
+        pos: torch.Tensor,
+        atom_types: torch.Tensor,
+        edge_index: torch.Tensor,
+        shift: torch.Tensor,
+        num_local: int,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Args: ``pos`` [N, 3] float64 Å, ``atom_types`` [N] int64, ``edge_index`` [2, E] int64
+        (centre, neighbour), ``shift`` [E, 3] float64 Å, ``num_local`` atoms whose energies count.
+
+        Returns: atomic energies [N] (eV), forces [N, 3] (eV/Å) = −∂E_local/∂pos and the virial
+        [3, 3] (eV) = −∂E_local/∂ε under a symmetric strain ε, all float64.
+        """
+        pos = pos.detach().requires_grad_(True)
+        strain = torch.zeros((3, 3), dtype=pos.dtype, device=pos.device).requires_grad_(True)
+        symmetric_strain = 0.5 * (strain + strain.transpose(0, 1))
+        # strain the image vectors exactly as the atoms: a unit "cell" carries the Cartesian shifts
+        cell = torch.eye(3, dtype=pos.dtype, device=pos.device) + symmetric_strain
+        data: AtomicDataDict.Type = {
+            AtomicDataDict.POSITIONS_KEY: pos + pos @ symmetric_strain,
+            AtomicDataDict.ATOM_TYPE_KEY: atom_types,
+            AtomicDataDict.EDGE_INDEX_KEY: edge_index,
+            AtomicDataDict.EDGE_CELL_SHIFT_KEY: shift,
+            AtomicDataDict.CELL_KEY: cell.unsqueeze(0),
+        }
+        atomic_energy = self.energy_model(data)[AtomicDataDict.PER_ATOM_ENERGY_KEY]
+        atomic_energy = atomic_energy.view(-1).to(torch.float64)
+        local_energy = atomic_energy[:num_local].sum()
+        gradients: List[Optional[torch.Tensor]] = torch.autograd.grad(
+            [local_energy], [pos, strain], allow_unused=True
+        )
+        pos_gradient = gradients[0]
+        strain_gradient = gradients[1]
+        # an atom without neighbours leaves no path from pos to the energy
+        forces = torch.zeros_like(pos) if pos_gradient is None else -pos_gradient
+        virial = torch.zeros_like(strain) if strain_gradient is None else -strain_gradient
+        return atomic_energy.detach(), forces.detach().to(torch.float64), virial.detach()

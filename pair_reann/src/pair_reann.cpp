@@ -1,0 +1,336 @@
+/* pair_style reann: see pair_reann.h for the two ways ghost atoms reach the model. */
+
+#include "pair_reann.h"
+
+#include "atom.h"
+#include "comm.h"
+#include "error.h"
+#include "force.h"
+#include "memory.h"
+#include "neigh_list.h"
+#include "neighbor.h"
+#include "update.h"
+#include "utils.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+using namespace LAMMPS_NS;
+
+// the deployed-file layout this pair style reads (reann_nequip.deploy.build.DEPLOY_FORMAT)
+static const char *const DEPLOY_FORMAT = "1";
+// two atoms closer than this (Å) mean a broken structure, not physics
+static constexpr double MIN_DISTANCE = 0.1;
+static const char *const SYNTAX =
+    "pair_style reann [mode auto|images|shell] [threads N]; "
+    "pair_coeff * * model.pth El1 El2 ... (one element or NULL per atom type)";
+
+PairREANN::PairREANN(LAMMPS *lmp) :
+    Pair(lmp), ghost_mode(GhostMode::AUTO), num_threads(1), r_max(0.0), num_recursions(0),
+    interaction_range(0.0)
+{
+  single_enable = 0;
+  restartinfo = 0;
+  one_coeff = 1;
+  manybody_flag = 1;
+  // the virial comes from the model's strain derivative
+  no_virial_fdotr_compute = 1;
+}
+
+PairREANN::~PairREANN()
+{
+  if (allocated) {
+    memory->destroy(setflag);
+    memory->destroy(cutsq);
+  }
+}
+
+void PairREANN::allocate()
+{
+  allocated = 1;
+  int n = atom->ntypes + 1;
+  memory->create(setflag, n, n, "pair:setflag");
+  memory->create(cutsq, n, n, "pair:cutsq");
+  for (int i = 0; i < n; i++)
+    for (int j = 0; j < n; j++) setflag[i][j] = 0;
+}
+
+void PairREANN::settings(int narg, char **arg)
+{
+  int iarg = 0;
+  while (iarg < narg) {
+    if (strcmp(arg[iarg], "mode") == 0) {
+      if (iarg + 1 >= narg) error->all(FLERR, "pair_style reann: `mode` needs a value; {}", SYNTAX);
+      if (strcmp(arg[iarg + 1], "auto") == 0)
+        ghost_mode = GhostMode::AUTO;
+      else if (strcmp(arg[iarg + 1], "images") == 0)
+        ghost_mode = GhostMode::IMAGES;
+      else if (strcmp(arg[iarg + 1], "shell") == 0)
+        ghost_mode = GhostMode::SHELL;
+      else
+        error->all(FLERR, "pair_style reann: unknown mode `{}`; {}", arg[iarg + 1], SYNTAX);
+      iarg += 2;
+    } else if (strcmp(arg[iarg], "threads") == 0) {
+      if (iarg + 1 >= narg)
+        error->all(FLERR, "pair_style reann: `threads` needs a value; {}", SYNTAX);
+      num_threads = utils::inumeric(FLERR, arg[iarg + 1], false, lmp);
+      if (num_threads < 1)
+        error->all(FLERR, "pair_style reann: `threads` must be >= 1, found {}", num_threads);
+      iarg += 2;
+    } else {
+      error->all(FLERR, "pair_style reann: unknown keyword `{}`; {}", arg[iarg], SYNTAX);
+    }
+  }
+  at::set_num_threads(num_threads);
+}
+
+void PairREANN::load_model(const std::string &path)
+{
+  if (!std::ifstream(path).good())
+    error->all(FLERR, "pair_style reann: cannot read model file `{}`", path);
+  const std::vector<std::string> keys = {"deploy_format", "model_kind",      "type_names",
+                                         "r_max",         "num_recursions",  "interaction_range",
+                                         "model_dtype",   "units",           "reann_nequip_version"};
+  torch::jit::ExtraFilesMap metadata;
+  for (const auto &key : keys) metadata[key] = "";
+  try {
+    model = torch::jit::load(path, torch::kCPU, metadata);
+  } catch (const c10::Error &e) {
+    error->all(FLERR, "pair_style reann: `{}` is not a TorchScript model file: {}", path,
+               e.what_without_backtrace());
+  }
+  if (metadata["deploy_format"].empty())
+    error->all(FLERR,
+               "pair_style reann: `{}` is TorchScript but was not written by `nequip-deploy build`",
+               path);
+  if (metadata["deploy_format"] != DEPLOY_FORMAT)
+    error->all(FLERR,
+               "pair_style reann: `{}` has deployed-file format {}, this plugin reads format {}; "
+               "redeploy it with the reann_nequip that built this plugin",
+               path, metadata["deploy_format"], DEPLOY_FORMAT);
+  if (metadata["model_kind"] != "energy")
+    error->all(FLERR, "pair_style reann: `{}` is a `{}` model, not an energy model", path,
+               metadata["model_kind"]);
+  model.eval();
+  model_path = path;
+  type_names.clear();
+  std::istringstream names(metadata["type_names"]);
+  for (std::string name; names >> name;) type_names.push_back(name);
+  r_max = utils::numeric(FLERR, metadata["r_max"], false, lmp);
+  num_recursions = utils::inumeric(FLERR, metadata["num_recursions"], false, lmp);
+  interaction_range = utils::numeric(FLERR, metadata["interaction_range"], false, lmp);
+  model_units = metadata["units"];
+  if (comm->me == 0)
+    utils::logmesg(lmp,
+                   "pair_style reann: model {} (reann_nequip {}, {}): r_max {} , {} recursion(s), "
+                   "interaction range {}\n",
+                   path, metadata["reann_nequip_version"], metadata["model_dtype"], r_max,
+                   num_recursions, interaction_range);
+}
+
+void PairREANN::coeff(int narg, char **arg)
+{
+  if (!allocated) allocate();
+  const int ntypes = atom->ntypes;
+  if (narg != 3 + ntypes)
+    error->all(FLERR,
+               "pair_coeff for pair_style reann needs `* * model.pth` and {} element names (one "
+               "per atom type), found {} arguments; {}",
+               ntypes, narg, SYNTAX);
+  if (strcmp(arg[0], "*") != 0 || strcmp(arg[1], "*") != 0)
+    error->all(FLERR, "pair_coeff for pair_style reann must start with `* *`; {}", SYNTAX);
+  load_model(arg[2]);
+
+  type_map.assign(ntypes + 1, -1);
+  for (int itype = 1; itype <= ntypes; itype++) {
+    const std::string element = arg[2 + itype];
+    if (element == "NULL") continue;
+    auto found = std::find(type_names.begin(), type_names.end(), element);
+    if (found == type_names.end())
+      error->all(FLERR, "pair_coeff: atom type {} is `{}`, which model `{}` does not know; its "
+                 "elements are: {}", itype, element, model_path, utils::join_words(type_names, " "));
+    type_map[itype] = static_cast<int>(found - type_names.begin());
+  }
+  for (int i = 1; i <= ntypes; i++)
+    for (int j = 1; j <= ntypes; j++) setflag[i][j] = (type_map[i] >= 0 && type_map[j] >= 0);
+
+  if (comm->me == 0) {
+    std::string table = "pair_style reann type map:\n  LAMMPS type -> element (model type)\n";
+    for (int itype = 1; itype <= ntypes; itype++)
+      table += type_map[itype] < 0
+          ? fmt::format("  {:>11} -> NULL (excluded)\n", itype)
+          : fmt::format("  {:>11} -> {} ({})\n", itype, type_names[type_map[itype]], type_map[itype]);
+    utils::logmesg(lmp, table);
+  }
+}
+
+bool PairREANN::use_shell() const
+{
+  return ghost_mode == GhostMode::SHELL || (ghost_mode == GhostMode::AUTO && comm->nprocs > 1);
+}
+
+void PairREANN::init_style()
+{
+  if (type_map.empty()) error->all(FLERR, "pair_style reann: no pair_coeff given; {}", SYNTAX);
+  if (force->newton_pair == 0)
+    error->all(FLERR, "pair_style reann requires `newton on` (forces on ghost atoms are sent to "
+                      "their owners)");
+  if (atom->tag_enable == 0) error->all(FLERR, "pair_style reann requires atom IDs");
+  if (model_units != update->unit_style)
+    error->all(FLERR, "pair_style reann: model `{}` was deployed for `units {}`, the input uses "
+               "`units {}`", model_path, model_units, update->unit_style);
+  if (ghost_mode == GhostMode::IMAGES && comm->nprocs > 1)
+    error->all(FLERR, "pair_style reann: mode images needs one MPI rank, found {}; use mode "
+               "shell or auto", comm->nprocs);
+
+  if (use_shell()) {
+    neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
+    // exact only if every atom within (T + 1) r_max of a local atom is a ghost here, for as
+    // long as the neighbour list lives (atoms move by at most half the skin each)
+    const double needed = interaction_range + neighbor->skin;
+    if (comm->mode != Comm::SINGLE)
+      error->all(FLERR, "pair_style reann mode shell needs `comm_modify mode single`");
+    if (comm->cutghostuser < needed) {
+      comm->cutghostuser = needed;
+      if (comm->me == 0)
+        utils::logmesg(lmp, "pair_style reann: ghost cutoff set to {} = (T + 1) r_max + skin\n",
+                       needed);
+    }
+  } else {
+    neighbor->add_request(this, NeighConst::REQ_FULL);
+  }
+}
+
+double PairREANN::init_one(int, int)
+{
+  return r_max;
+}
+
+int PairREANN::build_graph(bool shell)
+{
+  const int nlocal = atom->nlocal;
+  const int nall = nlocal + atom->nghost;
+  double **x = atom->x;
+  const int *type = atom->type;
+  const tagint *tag = atom->tag;
+
+  // === nodes: local atoms (their energies count), then ghosts in shell mode ===
+  node_of_atom.assign(nall, -1);
+  atom_of_node.clear();
+  node_pos.clear();
+  node_type.clear();
+  auto add_node = [&](int i) {
+    node_of_atom[i] = static_cast<int>(atom_of_node.size());
+    atom_of_node.push_back(i);
+    node_pos.insert(node_pos.end(), {x[i][0], x[i][1], x[i][2]});
+    node_type.push_back(type_map[type[i]]);
+  };
+  for (int i = 0; i < nlocal; i++)
+    if (type_map[type[i]] >= 0) add_node(i);
+  const int num_counted = static_cast<int>(atom_of_node.size());
+  if (shell) {
+    for (int i = nlocal; i < nall; i++)
+      if (type_map[type[i]] >= 0) add_node(i);
+  } else {
+    tagint max_tag = 0;
+    for (int i = 0; i < nlocal; i++) max_tag = std::max(max_tag, tag[i]);
+    local_of_tag.assign(max_tag + 1, -1);
+    for (int i = 0; i < nlocal; i++) local_of_tag[tag[i]] = i;
+  }
+
+  // === edges within r_max, centred on every node that has a neighbour list ===
+  edge_center.clear();
+  edge_neighbor.clear();
+  edge_shift.clear();
+  const double cutoff_sq = r_max * r_max;
+  const double min_distance_sq = MIN_DISTANCE * MIN_DISTANCE;
+  const int num_centers = list->inum + (shell ? list->gnum : 0);
+  for (int ii = 0; ii < num_centers; ii++) {
+    const int i = list->ilist[ii];
+    const int center = node_of_atom[i];
+    if (center < 0) continue;
+    const int *neighbors = list->firstneigh[i];
+    for (int jj = 0; jj < list->numneigh[i]; jj++) {
+      const int j = neighbors[jj] & NEIGHMASK;
+      if (type_map[type[j]] < 0) continue;
+      const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
+      const double rsq = dx * dx + dy * dy + dz * dz;
+      if (rsq >= cutoff_sq) continue;
+      if (rsq < min_distance_sq)
+        error->one(FLERR, "pair_style reann: atoms {} and {} are {:.3g} Å apart (less than {} Å)",
+                   tag[i], tag[j], sqrt(rsq), MIN_DISTANCE);
+      int owner = j;
+      if (!shell && j >= nlocal) {
+        owner = tag[j] < static_cast<tagint>(local_of_tag.size()) ? local_of_tag[tag[j]] : -1;
+        if (owner < 0)
+          error->one(FLERR, "pair_style reann: ghost atom with ID {} has no local owner", tag[j]);
+      }
+      edge_center.push_back(center);
+      edge_neighbor.push_back(node_of_atom[owner]);
+      // images: r_ij = pos[owner] - pos[i] + shift; shell: the ghost is its own node
+      edge_shift.insert(edge_shift.end(),
+                        {x[j][0] - x[owner][0], x[j][1] - x[owner][1], x[j][2] - x[owner][2]});
+    }
+  }
+  return num_counted;
+}
+
+void PairREANN::compute(int eflag, int vflag)
+{
+  ev_init(eflag, vflag);
+  if (vflag_atom)
+    error->all(FLERR, "pair_style reann does not compute per-atom virials (requested by compute "
+                      "stress/atom or similar)");
+
+  const int num_counted = build_graph(use_shell());
+  const int64_t num_nodes = static_cast<int64_t>(atom_of_node.size());
+  const int64_t num_edges = static_cast<int64_t>(edge_center.size());
+  if (num_nodes == 0) return;
+
+  std::vector<int64_t> edge_index(edge_center);
+  edge_index.insert(edge_index.end(), edge_neighbor.begin(), edge_neighbor.end());
+  const auto float64 = torch::TensorOptions().dtype(torch::kFloat64);
+  const auto int64 = torch::TensorOptions().dtype(torch::kInt64);
+  std::vector<torch::jit::IValue> inputs = {
+      torch::from_blob(node_pos.data(), {num_nodes, 3}, float64),
+      torch::from_blob(node_type.data(), {num_nodes}, int64),
+      torch::from_blob(edge_index.data(), {2, num_edges}, int64),
+      torch::from_blob(edge_shift.data(), {num_edges, 3}, float64),
+      static_cast<int64_t>(num_counted)};
+
+  c10::intrusive_ptr<c10::ivalue::Tuple> outputs;
+  try {
+    outputs = model.forward(inputs).toTuple();
+  } catch (const std::exception &e) {
+    error->one(FLERR, "pair_style reann: evaluating model `{}` failed: {}", model_path, e.what());
+  }
+  const auto atomic_energy = outputs->elements()[0].toTensor().accessor<double, 1>();
+  const auto forces = outputs->elements()[1].toTensor().accessor<double, 2>();
+  const auto model_virial = outputs->elements()[2].toTensor().accessor<double, 2>();
+
+  double **f = atom->f;
+  for (int64_t node = 0; node < num_nodes; node++) {
+    const int i = atom_of_node[node];
+    f[i][0] += forces[node][0];
+    f[i][1] += forces[node][1];
+    f[i][2] += forces[node][2];
+  }
+  if (eflag_either) {
+    for (int node = 0; node < num_counted; node++) {
+      if (eflag_global) eng_vdwl += atomic_energy[node];
+      if (eflag_atom) eatom[atom_of_node[node]] += atomic_energy[node];
+    }
+  }
+  if (vflag_global) {
+    virial[0] += model_virial[0][0];
+    virial[1] += model_virial[1][1];
+    virial[2] += model_virial[2][2];
+    virial[3] += model_virial[0][1];
+    virial[4] += model_virial[0][2];
+    virial[5] += model_virial[1][2];
+  }
+}

@@ -10,7 +10,9 @@ import sys
 from typing import List, Optional
 
 # subcommand name -> module implementing it
-SUBCOMMANDS = {}
+SUBCOMMANDS = {
+    "build-lammps": "reann_nequip.cli.build_lammps",
+}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

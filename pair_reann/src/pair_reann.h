@@ -7,6 +7,13 @@
    - shell (any number of ranks): the model sees local atoms and ghosts out to (T + 1) r_max + skin;
      only local energies are summed, and forces on ghosts go back to their owners (newton on). */
 
+#ifdef PAIR_CLASS
+// registration for a LAMMPS built from source with this file in src/ (the plugin needs none)
+// clang-format off
+PairStyle(reann,PairREANN);
+// clang-format on
+#else
+
 #ifndef LMP_PAIR_REANN_H
 #define LMP_PAIR_REANN_H
 
@@ -63,4 +70,5 @@ class PairREANN : public Pair {
 
 }    // namespace LAMMPS_NS
 
+#endif
 #endif

@@ -7,7 +7,9 @@ HELP = (
 
 
 def configure(parser):
-    parser.add_argument("--build-dir", default=None, help="CMake build directory (default: in the venv)")
+    parser.add_argument(
+        "--build-dir", default=None, help="CMake build directory (default: in the venv)"
+    )
     parser.add_argument("--jobs", type=int, default=2, help="parallel compile jobs (default: 2)")
     parser.add_argument("--quiet", action="store_true", help="hide CMake's output")
 

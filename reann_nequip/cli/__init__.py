@@ -12,6 +12,9 @@ from typing import List, Optional
 # subcommand name -> module implementing it
 SUBCOMMANDS = {
     "build-lammps": "reann_nequip.cli.build_lammps",
+    "convert": "reann_nequip.cli.convert",
+    "import": "reann_nequip.cli.import_reann",
+    "evaluate": "reann_nequip.cli.evaluate",
 }
 
 

@@ -1,0 +1,197 @@
+#!/usr/bin/env python
+"""MD speed of ``pair_style reann``: µs per atom per step and peak memory, bulk water.
+
+The default REANN model of the benchmarks (r_max 5 Å, 8 Gaussians, l_max 2, 108 orbitals,
+3 recursions, hidden widths 64 64; random weights — speed does not depend on training) is deployed in
+float32 and float64 and run by the venv's ``lmp`` (NVE, one torch thread per rank) on the first frame
+of ``water_deepmd`` replicated to each requested size. Each run is its own process; peak memory is the
+largest resident set of one LAMMPS rank. See ``benchmarks/README.md``.
+
+Example::
+
+    .venv/bin/python benchmarks/bench_md.py --data ../shared/data/water_deepmd
+    .venv/bin/python benchmarks/bench_md.py --sizes 192 1536 --ranks 1 2 --dtypes float32
+"""
+
+import argparse
+import os
+import pathlib
+import platform
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+from typing import Dict, List, Optional
+
+import numpy as np
+
+BIN = pathlib.Path(sys.executable).parent
+TYPE_NAMES = ["O", "H"]
+# replications of the 192-atom box for each size
+REPLICAS = {192: (1, 1, 1), 1536: (2, 2, 2), 12288: (4, 4, 4), 24576: (4, 4, 8)}
+
+
+def water_frame(data_root: str):
+    from ase import Atoms
+
+    set_dir = pathlib.Path(data_root) / "data" / "data_0" / "set.000"
+    if not set_dir.is_dir():
+        raise SystemExit(f"error: no DeePMD water frames at {set_dir}")
+    positions = np.load(set_dir / "coord.npy")[0].reshape(-1, 3).astype(np.float64)
+    cell = np.load(set_dir / "box.npy")[0].reshape(3, 3).astype(np.float64)
+    atoms = Atoms("O64H128", positions=positions, cell=cell, pbc=True)
+    atoms.wrap()
+    return atoms
+
+
+def deploy_default_models(workdir: pathlib.Path, dtypes: List[str]) -> Dict[str, pathlib.Path]:
+    from nequip.utils.global_state import set_global_state
+
+    from reann_nequip.deploy import save_deployed
+    from reann_nequip.model import ReannModel
+
+    set_global_state()
+    paths = {}
+    weights = None
+    for dtype in dtypes:
+        model = ReannModel(
+            seed=0,
+            model_dtype=dtype,
+            type_names=TYPE_NAMES,
+            r_max=5.0,
+            num_gaussians=8,
+            l_max=2,
+            num_recursions=3,
+            energy_network={"hidden": [64, 64]},
+            coefficient_network={"hidden": [64, 64]},
+            per_type_energy_shifts={"O": -430.0, "H": -13.6},
+        )
+        # the same weights in every dtype; a small perturbation gives non-trivial forces
+        if weights is None:
+            with np.errstate(all="ignore"):
+                import torch
+
+                generator = torch.Generator().manual_seed(0)
+                with torch.no_grad():
+                    for parameter in model.parameters():
+                        parameter.add_(
+                            0.01
+                            * torch.randn(parameter.shape, generator=generator).to(parameter.dtype)
+                        )
+            weights = model.state_dict()
+        else:
+            model.load_state_dict(weights)
+        paths[dtype] = workdir / f"water_{dtype}.pth"
+        save_deployed(model, str(paths[dtype]))
+    return paths
+
+
+def run_lammps(
+    workdir: pathlib.Path, model: pathlib.Path, replicas, ranks: int, steps: int
+) -> Dict:
+    nx, ny, nz = replicas
+    (workdir / "in.lmp").write_text(
+        f"""units metal
+atom_style atomic
+read_data water.lmp
+replicate {nx} {ny} {nz}
+mass 1 15.999
+mass 2 1.008
+pair_style reann
+pair_coeff * * {model} O H
+velocity all create 300 12345 dist gaussian
+timestep 0.0005
+fix nve all nve
+thermo {steps}
+# warm-up: TorchScript profiles and optimises the model during its first calls
+run 3
+run {steps}
+"""
+    )
+    lmp = [str(BIN / "lmp"), "-in", "in.lmp", "-log", "log.lammps", "-screen", "none"]
+    command = lmp if ranks == 1 else [str(BIN / "mpirun"), "-np", str(ranks), *lmp]
+    # measure the peak RSS of the LAMMPS processes alone: a fresh watcher process per run
+    watcher = (
+        "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", watcher, *command],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    log = (workdir / "log.lammps").read_text() if (workdir / "log.lammps").exists() else ""
+    if result.returncode != 0:
+        raise SystemExit(f"LAMMPS failed in {workdir}:\n{log[-2000:]}\n{result.stderr[-2000:]}")
+    # the last run, after the warm-up
+    loop = re.findall(
+        r"Loop time of ([\d.eE+-]+) on (\d+) procs for (\d+) steps with (\d+) atoms", log
+    )[-1]
+    pair = re.findall(r"^Pair\s*\|[^|]*\|[^|]*\|\s*([\d.eE+-]+)\s*\|", log, re.M)[-1:]
+    seconds, num_steps, num_atoms = float(loop[0]), int(loop[2]), int(loop[3])
+    return {
+        "atoms": num_atoms,
+        "us_per_atom_step": seconds / num_steps / num_atoms * 1e6,
+        "pair_fraction": float(pair[0]) / seconds if pair else float("nan"),
+        "peak_rss_mb": int(result.stdout.split()[-1]) / 1024.0,
+    }
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default="../shared/data/water_deepmd", help="water_deepmd folder")
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=sorted(REPLICAS), choices=sorted(REPLICAS)
+    )
+    parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
+    parser.add_argument(
+        "--steps", type=int, default=None, help="MD steps (default: ~2e5 atom-steps, ≥ 5)"
+    )
+    args = parser.parse_args(argv)
+
+    from ase.io import write
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        write(tmp / "water.lmp", water_frame(args.data), format="lammps-data", specorder=TYPE_NAMES)
+        models = deploy_default_models(tmp, args.dtypes)
+        rows = []
+        for dtype in args.dtypes:
+            for size in args.sizes:
+                for ranks in args.ranks:
+                    steps = args.steps or max(5, 200000 // size)
+                    workdir = tmp / f"{dtype}_{size}_{ranks}"
+                    workdir.mkdir()
+                    (workdir / "water.lmp").write_bytes((tmp / "water.lmp").read_bytes())
+                    row = run_lammps(workdir, models[dtype], REPLICAS[size], ranks, steps)
+                    rows.append({"dtype": dtype, "ranks": ranks, "steps": steps, **row})
+                    print(
+                        f"  {dtype} {row['atoms']:>6} atoms {ranks} rank(s): "
+                        f"{row['us_per_atom_step']:.1f} µs/atom-step",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+
+    print(
+        f"\npair_style reann, bulk water, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, 1 torch thread per rank\n"
+    )
+    header = (
+        "| dtype | atoms | ranks | steps | µs/atom-step | pair share | peak RSS per rank (MB) |"
+    )
+    print(header)
+    print("|" + "---|" * 7)
+    for row in rows:
+        print(
+            f"| {row['dtype']} | {row['atoms']} | {row['ranks']} | {row['steps']} | "
+            f"{row['us_per_atom_step']:.1f} | {100 * row['pair_fraction']:.0f}% | {row['peak_rss_mb']:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -104,6 +104,7 @@ def run_lammps(
     pair_style="reann",
     settings="",
     commands="run 0",
+    coeff_elements=None,
 ):
     """Run LAMMPS on ``atoms`` (atom types in the order of ``sorted(set(symbols))`` as given by
     ``elements`` when it names them all); returns the completed process."""
@@ -117,7 +118,7 @@ atom_style atomic
 boundary p p p
 read_data data.lmp
 pair_style {pair_style}
-pair_coeff * * {model} {" ".join(elements)}
+pair_coeff * * {"reann " if pair_style.startswith("hybrid") else ""}{model} {" ".join(coeff_elements or elements)}
 compute pe all pe/atom
 thermo_style custom step pe pxx pyy pzz pxy pxz pyz vol
 thermo_modify format float %.17g
@@ -318,3 +319,28 @@ run 2000""",
     assert temperature.max() > 50.0, "the atoms must move"
     assert total_energy.std() < 2e-3 * len(atoms)
     assert abs(drift_per_atom_per_ns) < 0.05
+
+
+def test_null_type_is_left_to_another_pair_style(tmp_path):
+    """Argon mapped to NULL: pair_style reann ignores it (hybrid with `zero` for its pairs)."""
+    atoms = triclinic_water()
+    model = deployed_model(tmp_path, ["O", "H"], 2)
+    with_argon = atoms + Atoms("Ar", positions=[atoms.positions[0] + [1.2, 0.4, 0.3]])
+    result = run_lammps(
+        tmp_path / "run",
+        with_argon,
+        model,
+        ["O", "H", "Ar"],
+        pair_style="hybrid reann zero 3.5",
+        coeff_elements=["O", "H", "NULL"],
+        commands="pair_coeff * 3 zero\nrun 0",
+    )
+    log = (tmp_path / "run" / "log.lammps").read_text()
+    assert "3 -> NULL (excluded)" in log
+    energy, energies, forces, virial = lammps_results(tmp_path / "run", result)
+    ref_energy, ref_energies, ref_forces, ref_virial = ase_results(atoms, model)
+    assert_same(
+        (energy, energies[:6], forces[:6], virial),
+        (ref_energy, ref_energies, ref_forces, ref_virial),
+    )
+    assert energies[6] == 0.0 and not forces[6].any()

@@ -237,3 +237,88 @@ def test_nequip_deploy_from_checkpoint_and_package(ch4_checkpoint, tmp_path):
         calc = ReannCalculator(str(path))
         energies = [calc.get_potential_energy(atoms) for atoms in frames]
         np.testing.assert_allclose(energies, expected, rtol=tol, err_msg=name)
+
+
+def test_coefficient_exchange_stages_equal_periodic_model():
+    """The stage-by-stage algorithm of ``pair_style reann exchange``, done here with explicit
+    periodic images as ghosts: ghosts within r_max only, coefficients copied owner → ghost after
+    every step, gradients on ghost coefficients added to their owners before the step back."""
+    num_recursions = 3
+    model = water_model(num_recursions=num_recursions)
+    deployed = torch.jit.script(DeployedEnergyModel(model.model.func))
+    atoms = triclinic_frame()
+    num_local = len(atoms)
+    data = model_input(atoms, TYPE_NAMES, R_MAX)
+    energies, periodic_forces, periodic_virial = deployed(*deployed_inputs(data), num_local)
+
+    # ghosts: every image within r_max of a local atom; edges centred on local atoms only
+    edge_index = data[AtomicDataDict.EDGE_INDEX_KEY]
+    shifts = deployed_inputs(data)[3].numpy()
+    local = atoms.get_positions()
+    ghost_of = {}
+    centers, neighbors = [], []
+    for center, neighbor, shift in zip(*edge_index.numpy(), shifts):
+        if not shift.any():
+            node = neighbor
+        else:
+            key = (int(neighbor), *np.round(shift, 8))
+            node = ghost_of.setdefault(key, num_local + len(ghost_of))
+        centers.append(center)
+        neighbors.append(node)
+    owners = np.concatenate([np.arange(num_local), [key[0] for key in ghost_of]]).astype(int)
+    ghost_positions = [local[key[0]] + np.array(key[1:]) for key in ghost_of]
+    positions = torch.tensor(np.concatenate([local, ghost_positions]), requires_grad=True)
+    atom_types = data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)[owners]
+    edges = torch.tensor([centers, neighbors])
+    owner_index = torch.from_numpy(owners)
+
+    def to_ghosts(local_values):  # forward communication
+        return local_values.index_select(0, owner_index)
+
+    def to_owners(all_values):  # reverse communication
+        return torch.zeros(num_local, all_values.shape[1], dtype=all_values.dtype).index_add_(
+            0, owner_index, all_values
+        )
+
+    # === forward, one stage at a time ===
+    angular, radial = deployed.exchange_geometry(positions, atom_types, edges)
+    angular_leaf = angular.detach().requires_grad_(True)
+    radial_leaf = radial.detach().requires_grad_(True)
+    coefficients = deployed.exchange_initial_coefficients(atom_types)
+    leaves, outputs = [], []
+    for step in range(num_recursions):
+        leaf = coefficients.detach().requires_grad_(True)
+        local_next = deployed.exchange_step(
+            step, angular_leaf, radial_leaf, leaf, edges, atom_types, num_local
+        )
+        leaves.append(leaf)
+        outputs.append(local_next)
+        coefficients = to_ghosts(local_next.detach())
+    leaf = coefficients.detach().requires_grad_(True)
+    atomic_energy = deployed.exchange_energy(
+        angular_leaf, radial_leaf, leaf, edges, atom_types, num_local
+    )
+    np.testing.assert_allclose(atomic_energy.detach(), energies, rtol=1e-12)
+
+    # === backward, stage by stage ===
+    grad_coefficients, grad_angular, grad_radial = torch.autograd.grad(
+        atomic_energy.sum(), [leaf, angular_leaf, radial_leaf]
+    )
+    for step in reversed(range(num_recursions)):
+        grads = torch.autograd.grad(
+            outputs[step],
+            [leaves[step], angular_leaf, radial_leaf],
+            grad_outputs=to_owners(grad_coefficients),
+            allow_unused=True,
+        )
+        grad_coefficients = grads[0]
+        grad_angular = grad_angular + grads[1]
+        grad_radial = grad_radial + grads[2]
+    (grad_positions,) = torch.autograd.grad(
+        [angular, radial], [positions], grad_outputs=[grad_angular, grad_radial]
+    )
+    forces = -grad_positions.detach()
+    np.testing.assert_allclose(to_owners(forces), periodic_forces, atol=1e-12)
+    # LAMMPS' fdotr virial over local and ghost atoms, before ghost forces go to their owners
+    virial = positions.detach().T @ forces
+    np.testing.assert_allclose(0.5 * (virial + virial.T), periodic_virial, atol=1e-12)

@@ -17,6 +17,7 @@ METADATA_KEYS = (
     "type_names",
     "r_max",
     "num_recursions",
+    "coefficient_size",
     "interaction_range",
     "model_dtype",
     "units",
@@ -92,7 +93,7 @@ def deployed_metadata(graph_model: torch.nn.Module, units: str, source: str) -> 
     import nequip
 
     metadata = graph_model.metadata
-    _, num_recursions = _energy_model(graph_model, source)
+    energy_model, num_recursions = _energy_model(graph_model, source)
     r_max = float(metadata["r_max"])
     return {
         "deploy_format": DEPLOY_FORMAT,
@@ -100,6 +101,8 @@ def deployed_metadata(graph_model: torch.nn.Module, units: str, source: str) -> 
         "type_names": metadata["type_names"],
         "r_max": repr(r_max),
         "num_recursions": str(num_recursions),
+        # K: orbital coefficients per atom, what the coefficient exchange sends per ghost and step
+        "coefficient_size": str(energy_model.density.initial_coefficients.shape[1]),
         # an atom's energy depends on every atom within (T + 1) r_max
         "interaction_range": repr((num_recursions + 1) * r_max),
         "model_dtype": metadata["model_dtype"],

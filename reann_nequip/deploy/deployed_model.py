@@ -10,6 +10,11 @@ One calling convention serves both ways LAMMPS hands over a configuration:
 
 Only the first ``num_local`` atomic energies enter the energy whose gradients are returned, so
 forces on ghost atoms are the terms that LAMMPS sends back to their owners.
+
+The ``exchange_*`` methods expose the recursion one stage at a time for ``pair_style reann
+exchange``: the pair style sends each step's orbital coefficients of owned atoms to their ghost
+copies between stages, and runs autograd through the stages in reverse, sending the gradients that
+land on ghost coefficients back to their owners. Ghosts are then needed only out to r_max.
 """
 
 from typing import List, Optional, Tuple
@@ -26,9 +31,12 @@ class DeployedEnergyModel(torch.nn.Module):
             ``ForceStressOutput``), in float32 or float64
     """
 
+    num_recursions: int
+
     def __init__(self, energy_model: torch.nn.Module):
         super().__init__()
         self.energy_model = energy_model
+        self.num_recursions = len(energy_model.density.updates)
 
     def forward(
         self,
@@ -68,3 +76,66 @@ class DeployedEnergyModel(torch.nn.Module):
         forces = torch.zeros_like(pos) if pos_gradient is None else -pos_gradient
         virial = torch.zeros_like(strain) if strain_gradient is None else -strain_gradient
         return atomic_energy.detach(), forces.detach().to(torch.float64), virial.detach()
+
+    # === stages for the coefficient exchange: edges are centred on local atoms 0..num_local−1 ===
+
+    @torch.jit.export
+    def exchange_geometry(
+        self, pos: torch.Tensor, atom_types: torch.Tensor, edge_index: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Angular [E, C] and radial [E, K] terms of the edges, differentiable in ``pos`` [N, 3]
+        (local and ghost atoms, explicit positions: no shifts)."""
+        data: AtomicDataDict.Type = {
+            AtomicDataDict.POSITIONS_KEY: pos,
+            AtomicDataDict.ATOM_TYPE_KEY: atom_types,
+            AtomicDataDict.EDGE_INDEX_KEY: edge_index,
+        }
+        data = self.energy_model.edge_length(data)
+        data = self.energy_model.radial_basis(data)
+        return self.energy_model.density.geometry(data)
+
+    @torch.jit.export
+    def exchange_initial_coefficients(self, atom_types: torch.Tensor) -> torch.Tensor:
+        """c⁽⁰⁾ [N, K] in the model dtype."""
+        return self.energy_model.density.initial_coefficients_of(atom_types)
+
+    @torch.jit.export
+    def exchange_step(
+        self,
+        step: int,
+        angular: torch.Tensor,
+        radial: torch.Tensor,
+        coefficients: torch.Tensor,
+        edge_index: torch.Tensor,
+        atom_types: torch.Tensor,
+        num_local: int,
+    ) -> torch.Tensor:
+        """c⁽ᵗ⁺¹⁾ [num_local, K] of the local atoms from c⁽ᵗ⁾ [N, K] of local and ghost atoms."""
+        density = self.energy_model.density.density_at_step(
+            step, angular, radial, coefficients, edge_index, num_local
+        )
+        return self.energy_model.density.update_at_step(
+            step, coefficients[:num_local], density, atom_types[:num_local]
+        )
+
+    @torch.jit.export
+    def exchange_energy(
+        self,
+        angular: torch.Tensor,
+        radial: torch.Tensor,
+        coefficients: torch.Tensor,
+        edge_index: torch.Tensor,
+        atom_types: torch.Tensor,
+        num_local: int,
+    ) -> torch.Tensor:
+        """Atomic energies [num_local] (float64) from the final coefficients c⁽ᵀ⁾ [N, K]."""
+        density = self.energy_model.density.density_at_step(
+            self.num_recursions, angular, radial, coefficients, edge_index, num_local
+        )
+        data: AtomicDataDict.Type = {
+            AtomicDataDict.NODE_FEATURES_KEY: density,
+            AtomicDataDict.ATOM_TYPE_KEY: atom_types[:num_local],
+        }
+        data = self.energy_model.atomic_energy(data)
+        data = self.energy_model.per_type_energy_scale_shift(data)
+        return data[AtomicDataDict.PER_ATOM_ENERGY_KEY].view(-1).to(torch.float64)

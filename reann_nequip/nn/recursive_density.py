@@ -1,7 +1,7 @@
 """REANN's recursion: orbital coefficients refined from the density, T times (``oc_loop``)."""
 
 import math
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import torch
 from nequip.data import AtomicDataDict
@@ -98,34 +98,62 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
         index = step if self.mixing.shape[0] > 1 else 0
         return torch.index_select(self.mixing[index], 0, self.monomials.order)
 
-    def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
+    # === stages, used by forward and one at a time by pair_reann's coefficient exchange ===
+
+    def geometry(self, data: AtomicDataDict.Type) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Angular monomials [num_edges, C] and radial functions [num_edges, K] of every edge,
+        shared by all recursion steps."""
         data = with_edge_vectors_(data, with_lengths=True)
+        vectors = data[AtomicDataDict.EDGE_VECTORS_KEY].to(self._model_dtype)
+        return self.monomials(vectors), data[AtomicDataDict.EDGE_EMBEDDING_KEY]
+
+    def initial_coefficients_of(self, atom_types: torch.Tensor) -> torch.Tensor:
+        """c⁽⁰⁾ [num_atoms, K] by element."""
+        return torch.index_select(self.initial_coefficients, 0, atom_types)
+
+    def density_at_step(
+        self,
+        step: int,
+        angular: torch.Tensor,
+        radial: torch.Tensor,
+        coefficients: torch.Tensor,
+        edge_index: torch.Tensor,
+        num_centers: int,
+    ) -> torch.Tensor:
+        """ρ⁽ᵗ⁾ [num_centers, M] of atoms 0..num_centers−1 (every edge centre must be one of them)
+        from the coefficients c⁽ᵗ⁾ [num_atoms, K] of all atoms."""
+        return embedded_density(
+            angular,
+            radial,
+            coefficients,
+            self._mixing_for_step(step),
+            edge_index[0],
+            edge_index[1],
+            num_centers,
+        )
+
+    def update_at_step(
+        self, step: int, coefficients: torch.Tensor, density: torch.Tensor, atom_types: torch.Tensor
+    ) -> torch.Tensor:
+        """c⁽ᵗ⁺¹⁾ [num_centers, K] from c⁽ᵗ⁾ and ρ⁽ᵗ⁾ of the same atoms."""
+        for index, update in enumerate(self.updates):
+            if index == step:
+                return update(coefficients, density, atom_types)
+        raise RuntimeError(f"no coefficient update for step {step}")
+
+    def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
         edge_index = data[AtomicDataDict.EDGE_INDEX_KEY]
-        center, neighbor = edge_index[0], edge_index[1]
         atom_types = data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
         num_atoms = atom_types.shape[0]
+        angular, radial = self.geometry(data)  # [num_edges, C], [num_edges, K]
 
-        # === geometry, shared by all steps ===
-        vectors = data[AtomicDataDict.EDGE_VECTORS_KEY].to(self._model_dtype)
-        angular = self.monomials(vectors)  # [num_edges, C]
-        radial = data[AtomicDataDict.EDGE_EMBEDDING_KEY]  # [num_edges, K]
-
-        # === recursion ===
-        coefficients = torch.index_select(self.initial_coefficients, 0, atom_types)
+        coefficients = self.initial_coefficients_of(atom_types)
         step = 0
         for update in self.updates:
-            density = embedded_density(
-                angular,
-                radial,
-                coefficients,
-                self._mixing_for_step(step),
-                center,
-                neighbor,
-                num_atoms,
-            )
+            density = self.density_at_step(step, angular, radial, coefficients, edge_index, num_atoms)
             coefficients = update(coefficients, density, atom_types)
             step += 1
-        data[AtomicDataDict.NODE_FEATURES_KEY] = embedded_density(
-            angular, radial, coefficients, self._mixing_for_step(step), center, neighbor, num_atoms
+        data[AtomicDataDict.NODE_FEATURES_KEY] = self.density_at_step(
+            step, angular, radial, coefficients, edge_index, num_atoms
         )
         return data

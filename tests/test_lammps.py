@@ -177,33 +177,56 @@ def test_lammps_matches_ase(tmp_path, system, num_recursions):
     assert_same(lammps_results(tmp_path / "run", result), ase_results(atoms, model))
 
 
-def test_ghost_shell_equals_periodic_images_on_one_rank(tmp_path):
+@pytest.mark.parametrize("mode", ["shell", "exchange"])
+def test_ghost_modes_equal_periodic_images_on_one_rank(tmp_path, mode):
     atoms = triclinic_water()
     model = deployed_model(tmp_path, ["O", "H"], 3)
-    shell = run_lammps(tmp_path / "shell", atoms, model, ["O", "H"], pair_style="reann mode shell")
+    run = run_lammps(tmp_path / mode, atoms, model, ["O", "H"], pair_style=f"reann mode {mode}")
     images = run_lammps(
         tmp_path / "images", atoms, model, ["O", "H"], pair_style="reann mode images"
     )
-    assert "ghost cutoff set to" in (tmp_path / "shell" / "log.lammps").read_text()
-    assert_same(
-        lammps_results(tmp_path / "shell", shell), lammps_results(tmp_path / "images", images)
-    )
+    log = (tmp_path / mode / "log.lammps").read_text()
+    assert ("ghost cutoff set to" in log) == (mode == "shell")
+    assert_same(lammps_results(tmp_path / mode, run), lammps_results(tmp_path / "images", images))
 
 
 @pytest.mark.slow
-def test_two_ranks_equal_one_rank_three_recursions(tmp_path):
-    """The 12.4 Å water box split in two: each rank's ghost shell, 4 r_max + skin deep, crosses
-    the other domain and the periodic boundary several times."""
-    atoms = water_box()
-    model = deployed_model(tmp_path, ["O", "H"], 3)
-    serial = run_lammps(tmp_path / "np1", atoms, model, ["O", "H"])
-    parallel = run_lammps(tmp_path / "np2", atoms, model, ["O", "H"], nprocs=2)
-    grid = re.search(
-        r"(\d+) by (\d+) by (\d+) MPI processor grid", (tmp_path / "np2" / "log.lammps").read_text()
+@pytest.mark.parametrize(
+    "system, num_recursions, nprocs, mode, processors",
+    [
+        ("water_192", 3, 2, "shell", "* * *"),
+        ("water_192", 0, 2, "exchange", "* * *"),
+        ("water_192", 1, 2, "exchange", "* * *"),
+        ("water_192", 3, 2, "exchange", "* * *"),
+        # subdomains 3.1 Å thick, thinner than r_max
+        ("water_192", 3, 4, "exchange", "4 1 1"),
+        ("triclinic_smaller_than_twice_cutoff", 3, 2, "exchange", "2 1 1"),
+        ("triclinic_smaller_than_twice_cutoff", 1, 4, "shell", "2 2 1"),
+    ],
+)
+def test_several_ranks_equal_one_rank(tmp_path, system, num_recursions, nprocs, mode, processors):
+    """Shell: each rank's ghost shell, (T + 1) r_max + skin deep, crosses the other domains and the
+    periodic boundary several times. Exchange: ghosts only to r_max + skin, coefficients
+    communicated between recursion steps. 4 ranks on 2 cores are oversubscribed: fine for
+    correctness."""
+    make_atoms, elements = SYSTEMS[system]
+    atoms = make_atoms()
+    model = deployed_model(tmp_path, elements, num_recursions)
+    serial = run_lammps(tmp_path / "np1", atoms, model, elements)
+    parallel = run_lammps(
+        tmp_path / "parallel",
+        atoms,
+        model,
+        elements,
+        nprocs=nprocs,
+        pair_style=f"reann mode {mode}",
+        settings=f"processors {processors}",
     )
-    assert grid and np.prod([int(n) for n in grid.groups()]) == 2
+    log = (tmp_path / "parallel" / "log.lammps").read_text()
+    grid = re.search(r"(\d+) by (\d+) by (\d+) MPI processor grid", log)
+    assert grid and np.prod([int(n) for n in grid.groups()]) == nprocs
     assert_same(
-        lammps_results(tmp_path / "np2", parallel), lammps_results(tmp_path / "np1", serial)
+        lammps_results(tmp_path / "parallel", parallel), lammps_results(tmp_path / "np1", serial)
     )
 
 

@@ -1,4 +1,4 @@
-/* pair_style reann: see pair_reann.h for the two ways ghost atoms reach the model. */
+/* pair_style reann: see pair_reann.h for the three ways ghost atoms reach the model. */
 
 #include "pair_reann.h"
 
@@ -13,6 +13,7 @@
 #include "utils.h"
 
 #include <ATen/Parallel.h>
+#include <torch/csrc/autograd/autograd.h>
 
 #include <algorithm>
 #include <cstring>
@@ -26,12 +27,12 @@ static const char *const DEPLOY_FORMAT = "1";
 // two atoms closer than this (Å) mean a broken structure, not physics
 static constexpr double MIN_DISTANCE = 0.1;
 static const char *const SYNTAX =
-    "pair_style reann [mode auto|images|shell] [threads N]; "
+    "pair_style reann [mode auto|images|shell|exchange] [threads N]; "
     "pair_coeff * * model.pth El1 El2 ... (one element or NULL per atom type)";
 
 PairREANN::PairREANN(LAMMPS *lmp) :
     Pair(lmp), ghost_mode(GhostMode::AUTO), num_threads(1), r_max(0.0), num_recursions(0),
-    interaction_range(0.0)
+    coefficient_size(0), interaction_range(0.0), num_counted(0)
 {
   single_enable = 0;
   restartinfo = 0;
@@ -71,6 +72,8 @@ void PairREANN::settings(int narg, char **arg)
         ghost_mode = GhostMode::IMAGES;
       else if (strcmp(arg[iarg + 1], "shell") == 0)
         ghost_mode = GhostMode::SHELL;
+      else if (strcmp(arg[iarg + 1], "exchange") == 0)
+        ghost_mode = GhostMode::EXCHANGE;
       else
         error->all(FLERR, "pair_style reann: unknown mode `{}`; {}", arg[iarg + 1], SYNTAX);
       iarg += 2;
@@ -92,9 +95,10 @@ void PairREANN::load_model(const std::string &path)
 {
   if (!std::ifstream(path).good())
     error->all(FLERR, "pair_style reann: cannot read model file `{}`", path);
-  const std::vector<std::string> keys = {"deploy_format", "model_kind",      "type_names",
-                                         "r_max",         "num_recursions",  "interaction_range",
-                                         "model_dtype",   "units",           "reann_nequip_version"};
+  const std::vector<std::string> keys = {
+      "deploy_format",     "model_kind",  "type_names", "r_max",
+      "num_recursions",    "coefficient_size", "interaction_range",
+      "model_dtype",       "units",       "reann_nequip_version"};
   torch::jit::ExtraFilesMap metadata;
   for (const auto &key : keys) metadata[key] = "";
   try {
@@ -122,6 +126,10 @@ void PairREANN::load_model(const std::string &path)
   for (std::string name; names >> name;) type_names.push_back(name);
   r_max = utils::numeric(FLERR, metadata["r_max"], false, lmp);
   num_recursions = utils::inumeric(FLERR, metadata["num_recursions"], false, lmp);
+  coefficient_size = utils::inumeric(FLERR, metadata["coefficient_size"], false, lmp);
+  // the coefficient exchange sends K values per atom each way
+  comm_forward = coefficient_size;
+  comm_reverse = coefficient_size;
   interaction_range = utils::numeric(FLERR, metadata["interaction_range"], false, lmp);
   model_units = metadata["units"];
   if (comm->me == 0)
@@ -168,9 +176,10 @@ void PairREANN::coeff(int narg, char **arg)
   }
 }
 
-bool PairREANN::use_shell() const
+PairREANN::GhostMode PairREANN::resolved_mode() const
 {
-  return ghost_mode == GhostMode::SHELL || (ghost_mode == GhostMode::AUTO && comm->nprocs > 1);
+  if (ghost_mode != GhostMode::AUTO) return ghost_mode;
+  return comm->nprocs > 1 ? GhostMode::EXCHANGE : GhostMode::IMAGES;
 }
 
 void PairREANN::init_style()
@@ -185,9 +194,10 @@ void PairREANN::init_style()
                "`units {}`", model_path, model_units, update->unit_style);
   if (ghost_mode == GhostMode::IMAGES && comm->nprocs > 1)
     error->all(FLERR, "pair_style reann: mode images needs one MPI rank, found {}; use mode "
-               "shell or auto", comm->nprocs);
+               "exchange, shell or auto", comm->nprocs);
 
-  if (use_shell()) {
+  const GhostMode mode = resolved_mode();
+  if (mode == GhostMode::SHELL) {
     neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
     // exact only if every atom within (T + 1) r_max of a local atom is a ghost here, for as
     // long as the neighbour list lives (atoms move by at most half the skin each)
@@ -210,8 +220,11 @@ double PairREANN::init_one(int, int)
   return r_max;
 }
 
-int PairREANN::build_graph(bool shell)
+int PairREANN::build_graph(GhostMode mode)
 {
+  // ghosts are nodes of their own in shell and exchange mode; only the shell computes their energies
+  const bool ghost_nodes = mode != GhostMode::IMAGES;
+  const bool ghost_centers = mode == GhostMode::SHELL;
   const int nlocal = atom->nlocal;
   const int nall = nlocal + atom->nghost;
   double **x = atom->x;
@@ -231,8 +244,8 @@ int PairREANN::build_graph(bool shell)
   };
   for (int i = 0; i < nlocal; i++)
     if (type_map[type[i]] >= 0) add_node(i);
-  const int num_counted = static_cast<int>(atom_of_node.size());
-  if (shell) {
+  const int num_local_nodes = static_cast<int>(atom_of_node.size());
+  if (ghost_nodes) {
     for (int i = nlocal; i < nall; i++)
       if (type_map[type[i]] >= 0) add_node(i);
   } else {
@@ -248,7 +261,7 @@ int PairREANN::build_graph(bool shell)
   edge_shift.clear();
   const double cutoff_sq = r_max * r_max;
   const double min_distance_sq = MIN_DISTANCE * MIN_DISTANCE;
-  const int num_centers = list->inum + (shell ? list->gnum : 0);
+  const int num_centers = list->inum + (ghost_centers ? list->gnum : 0);
   for (int ii = 0; ii < num_centers; ii++) {
     const int i = list->ilist[ii];
     const int center = node_of_atom[i];
@@ -264,19 +277,19 @@ int PairREANN::build_graph(bool shell)
         error->one(FLERR, "pair_style reann: atoms {} and {} are {:.3g} Å apart (less than {} Å)",
                    tag[i], tag[j], sqrt(rsq), MIN_DISTANCE);
       int owner = j;
-      if (!shell && j >= nlocal) {
+      if (!ghost_nodes && j >= nlocal) {
         owner = tag[j] < static_cast<tagint>(local_of_tag.size()) ? local_of_tag[tag[j]] : -1;
         if (owner < 0)
           error->one(FLERR, "pair_style reann: ghost atom with ID {} has no local owner", tag[j]);
       }
       edge_center.push_back(center);
       edge_neighbor.push_back(node_of_atom[owner]);
-      // images: r_ij = pos[owner] - pos[i] + shift; shell: the ghost is its own node
+      // images: r_ij = pos[owner] - pos[i] + shift; otherwise the ghost is its own node
       edge_shift.insert(edge_shift.end(),
                         {x[j][0] - x[owner][0], x[j][1] - x[owner][1], x[j][2] - x[owner][2]});
     }
   }
-  return num_counted;
+  return num_local_nodes;
 }
 
 void PairREANN::compute(int eflag, int vflag)
@@ -286,51 +299,192 @@ void PairREANN::compute(int eflag, int vflag)
     error->all(FLERR, "pair_style reann does not compute per-atom virials (requested by compute "
                       "stress/atom or similar)");
 
-  const int num_counted = build_graph(use_shell());
+  const GhostMode mode = resolved_mode();
+  num_counted = build_graph(mode);
   const int64_t num_nodes = static_cast<int64_t>(atom_of_node.size());
   const int64_t num_edges = static_cast<int64_t>(edge_center.size());
-  if (num_nodes == 0) return;
 
   std::vector<int64_t> edge_index(edge_center);
   edge_index.insert(edge_index.end(), edge_neighbor.begin(), edge_neighbor.end());
   const auto float64 = torch::TensorOptions().dtype(torch::kFloat64);
   const auto int64 = torch::TensorOptions().dtype(torch::kInt64);
-  std::vector<torch::jit::IValue> inputs = {
-      torch::from_blob(node_pos.data(), {num_nodes, 3}, float64),
-      torch::from_blob(node_type.data(), {num_nodes}, int64),
-      torch::from_blob(edge_index.data(), {2, num_edges}, int64),
-      torch::from_blob(edge_shift.data(), {num_edges, 3}, float64),
-      static_cast<int64_t>(num_counted)};
+  const torch::Tensor pos = torch::from_blob(node_pos.data(), {num_nodes, 3}, float64);
+  const torch::Tensor types = torch::from_blob(node_type.data(), {num_nodes}, int64);
+  const torch::Tensor edges = torch::from_blob(edge_index.data(), {2, num_edges}, int64);
 
-  c10::intrusive_ptr<c10::ivalue::Tuple> outputs;
+  torch::Tensor atomic_energy, forces, model_virial;
   try {
-    outputs = model.forward(inputs).toTuple();
+    if (mode == GhostMode::EXCHANGE) {
+      std::tie(atomic_energy, forces) = compute_exchange({pos, types, edges});
+      // LAMMPS' f·r virial over local and ghost atoms, before ghost forces go to their owners
+      const torch::Tensor virial_matrix = pos.transpose(0, 1).matmul(forces);
+      model_virial = 0.5 * (virial_matrix + virial_matrix.transpose(0, 1));
+    } else {
+      const torch::Tensor shifts = torch::from_blob(edge_shift.data(), {num_edges, 3}, float64);
+      auto outputs =
+          model.forward({pos, types, edges, shifts, static_cast<int64_t>(num_counted)}).toTuple();
+      atomic_energy = outputs->elements()[0].toTensor();
+      forces = outputs->elements()[1].toTensor();
+      model_virial = outputs->elements()[2].toTensor();
+    }
   } catch (const std::exception &e) {
     error->one(FLERR, "pair_style reann: evaluating model `{}` failed: {}", model_path, e.what());
   }
-  const auto atomic_energy = outputs->elements()[0].toTensor().accessor<double, 1>();
-  const auto forces = outputs->elements()[1].toTensor().accessor<double, 2>();
-  const auto model_virial = outputs->elements()[2].toTensor().accessor<double, 2>();
+  if (num_nodes == 0) return;
 
+  const auto energy_of = atomic_energy.accessor<double, 1>();
+  const auto force_of = forces.accessor<double, 2>();
+  const auto virial_of = model_virial.accessor<double, 2>();
   double **f = atom->f;
   for (int64_t node = 0; node < num_nodes; node++) {
     const int i = atom_of_node[node];
-    f[i][0] += forces[node][0];
-    f[i][1] += forces[node][1];
-    f[i][2] += forces[node][2];
+    f[i][0] += force_of[node][0];
+    f[i][1] += force_of[node][1];
+    f[i][2] += force_of[node][2];
   }
   if (eflag_either) {
     for (int node = 0; node < num_counted; node++) {
-      if (eflag_global) eng_vdwl += atomic_energy[node];
-      if (eflag_atom) eatom[atom_of_node[node]] += atomic_energy[node];
+      if (eflag_global) eng_vdwl += energy_of[node];
+      if (eflag_atom) eatom[atom_of_node[node]] += energy_of[node];
     }
   }
   if (vflag_global) {
-    virial[0] += model_virial[0][0];
-    virial[1] += model_virial[1][1];
-    virial[2] += model_virial[2][2];
-    virial[3] += model_virial[0][1];
-    virial[4] += model_virial[0][2];
-    virial[5] += model_virial[1][2];
+    virial[0] += virial_of[0][0];
+    virial[1] += virial_of[1][1];
+    virial[2] += virial_of[2][2];
+    virial[3] += virial_of[0][1];
+    virial[4] += virial_of[0][2];
+    virial[5] += virial_of[1][2];
+  }
+}
+
+/* ---------------------------------------------------------------------------------------------
+   coefficient exchange: every rank makes the same 2 T communication calls, with or without atoms
+------------------------------------------------------------------------------------------------ */
+
+std::pair<torch::Tensor, torch::Tensor>
+PairREANN::compute_exchange(const std::vector<torch::jit::IValue> &graph)
+{
+  const torch::Tensor pos = graph[0].toTensor().detach().requires_grad_(true);
+  const torch::jit::IValue types = graph[1], edges = graph[2];
+  const int64_t num_local = num_counted;
+
+  // === forward: geometry once, then one recursion step at a time ===
+  auto geometry = model.get_method("exchange_geometry")({pos, types, edges}).toTuple();
+  const torch::Tensor angular = geometry->elements()[0].toTensor();
+  const torch::Tensor radial = geometry->elements()[1].toTensor();
+  const torch::Tensor angular_leaf = angular.detach().requires_grad_(true);
+  const torch::Tensor radial_leaf = radial.detach().requires_grad_(true);
+  torch::Tensor coefficients = model.get_method("exchange_initial_coefficients")({types}).toTensor();
+  std::vector<torch::Tensor> step_inputs, step_outputs;
+  for (int64_t step = 0; step < num_recursions; step++) {
+    step_inputs.push_back(coefficients.detach().requires_grad_(true));
+    step_outputs.push_back(model.get_method("exchange_step")({step, angular_leaf, radial_leaf,
+                                                             step_inputs.back(), edges, types,
+                                                             num_local})
+                               .toTensor());
+    coefficients = coefficients_to_ghosts(step_outputs.back().detach());
+  }
+  const torch::Tensor final_coefficients = coefficients.detach().requires_grad_(true);
+  const torch::Tensor atomic_energy = model.get_method("exchange_energy")({angular_leaf, radial_leaf,
+                                                                           final_coefficients, edges,
+                                                                           types, num_local})
+                                          .toTensor();
+
+  // === backward: the steps in reverse, ghost-coefficient gradients summed into their owners ===
+  auto or_zeros = [](const torch::Tensor &gradient, const torch::Tensor &like) {
+    return gradient.defined() ? gradient : torch::zeros_like(like);
+  };
+  auto gradients = torch::autograd::grad({atomic_energy.sum()},
+                                         {final_coefficients, angular_leaf, radial_leaf}, {},
+                                         false, false, true);
+  torch::Tensor coefficient_gradient = or_zeros(gradients[0], final_coefficients);
+  torch::Tensor angular_gradient = or_zeros(gradients[1], angular_leaf);
+  torch::Tensor radial_gradient = or_zeros(gradients[2], radial_leaf);
+  for (int64_t step = num_recursions - 1; step >= 0; step--) {
+    const torch::Tensor output_gradient = gradients_to_owners(coefficient_gradient);
+    gradients = torch::autograd::grad({step_outputs[step]},
+                                      {step_inputs[step], angular_leaf, radial_leaf},
+                                      {output_gradient}, false, false, true);
+    coefficient_gradient = or_zeros(gradients[0], step_inputs[step]);
+    angular_gradient = angular_gradient + or_zeros(gradients[1], angular_leaf);
+    radial_gradient = radial_gradient + or_zeros(gradients[2], radial_leaf);
+  }
+  const auto position_gradient = torch::autograd::grad(
+      {angular, radial}, {pos}, {angular_gradient, radial_gradient}, false, false, true)[0];
+  const torch::Tensor forces = position_gradient.defined()
+      ? -position_gradient.to(torch::kFloat64)
+      : torch::zeros_like(pos);
+  return {atomic_energy.detach(), forces.detach()};
+}
+
+torch::Tensor PairREANN::coefficients_to_ghosts(const torch::Tensor &local_coefficients)
+{
+  const int K = coefficient_size;
+  const int nall = atom->nlocal + atom->nghost;
+  const torch::Tensor local = local_coefficients.to(torch::kFloat64).contiguous();
+  const double *local_values = local.data_ptr<double>();
+  exchange_values.assign(static_cast<size_t>(nall) * K, 0.0);
+  for (int node = 0; node < num_counted; node++)
+    std::copy_n(local_values + static_cast<size_t>(node) * K, K,
+                &exchange_values[static_cast<size_t>(atom_of_node[node]) * K]);
+  comm->forward_comm(this);
+  const int64_t num_nodes = static_cast<int64_t>(atom_of_node.size());
+  torch::Tensor all = torch::empty({num_nodes, K}, torch::TensorOptions().dtype(torch::kFloat64));
+  double *all_values = all.data_ptr<double>();
+  for (int64_t node = 0; node < num_nodes; node++)
+    std::copy_n(&exchange_values[static_cast<size_t>(atom_of_node[node]) * K], K,
+                all_values + node * K);
+  return all.to(local_coefficients.scalar_type());
+}
+
+torch::Tensor PairREANN::gradients_to_owners(const torch::Tensor &node_gradients)
+{
+  const int K = coefficient_size;
+  const int nall = atom->nlocal + atom->nghost;
+  const torch::Tensor gradients = node_gradients.to(torch::kFloat64).contiguous();
+  const double *gradient_values = gradients.data_ptr<double>();
+  exchange_values.assign(static_cast<size_t>(nall) * K, 0.0);
+  const int64_t num_nodes = static_cast<int64_t>(atom_of_node.size());
+  for (int64_t node = 0; node < num_nodes; node++)
+    std::copy_n(gradient_values + node * K, K,
+                &exchange_values[static_cast<size_t>(atom_of_node[node]) * K]);
+  comm->reverse_comm(this);
+  torch::Tensor owned =
+      torch::empty({static_cast<int64_t>(num_counted), K}, torch::TensorOptions().dtype(torch::kFloat64));
+  double *owned_values = owned.data_ptr<double>();
+  for (int node = 0; node < num_counted; node++)
+    std::copy_n(&exchange_values[static_cast<size_t>(atom_of_node[node]) * K], K,
+                owned_values + static_cast<size_t>(node) * K);
+  return owned.to(node_gradients.scalar_type());
+}
+
+int PairREANN::pack_forward_comm(int n, int *list, double *buf, int, int *)
+{
+  const int K = coefficient_size;
+  for (int i = 0; i < n; i++)
+    std::copy_n(&exchange_values[static_cast<size_t>(list[i]) * K], K, buf + static_cast<size_t>(i) * K);
+  return n * K;
+}
+
+void PairREANN::unpack_forward_comm(int n, int first, double *buf)
+{
+  const int K = coefficient_size;
+  std::copy_n(buf, static_cast<size_t>(n) * K, &exchange_values[static_cast<size_t>(first) * K]);
+}
+
+int PairREANN::pack_reverse_comm(int n, int first, double *buf)
+{
+  const int K = coefficient_size;
+  std::copy_n(&exchange_values[static_cast<size_t>(first) * K], static_cast<size_t>(n) * K, buf);
+  return n * K;
+}
+
+void PairREANN::unpack_reverse_comm(int n, int *list, double *buf)
+{
+  const int K = coefficient_size;
+  for (int i = 0; i < n; i++) {
+    double *owner = &exchange_values[static_cast<size_t>(list[i]) * K];
+    for (int k = 0; k < K; k++) owner[k] += buf[static_cast<size_t>(i) * K + k];
   }
 }

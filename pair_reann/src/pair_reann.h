@@ -1,11 +1,15 @@
 /* pair_style reann: REANN models deployed by `nequip-deploy build` (reann_nequip).
 
    An atom's REANN energy depends on every atom within (T + 1) r_max, T the number of recursions.
-   Two exact ways to hand LAMMPS' atoms to the model:
+   Three exact ways to hand LAMMPS' atoms to the model:
    - images (one MPI rank): the model sees the local atoms only; each ghost neighbour is replaced
      by its owner plus the Cartesian image shift, i.e. the periodic graph used in training;
    - shell (any number of ranks): the model sees local atoms and ghosts out to (T + 1) r_max + skin;
-     only local energies are summed, and forces on ghosts go back to their owners (newton on). */
+     only local energies are summed, and forces on ghosts go back to their owners (newton on);
+   - exchange (any number of ranks): ghosts out to r_max + skin only; the recursion runs one step
+     at a time and the orbital coefficients of owned atoms are sent to their ghost copies between
+     steps (forward comm); the backward pass runs the steps in reverse and sends the gradients on
+     ghost coefficients to their owners (reverse comm). */
 
 #ifdef PAIR_CLASS
 // registration for a LAMMPS built from source with this file in src/ (the plugin needs none)
@@ -36,14 +40,23 @@ class PairREANN : public Pair {
   void init_style() override;
   double init_one(int, int) override;
 
+  int pack_forward_comm(int, int *, double *, int, int *) override;
+  void unpack_forward_comm(int, int, double *) override;
+  int pack_reverse_comm(int, int, double *) override;
+  void unpack_reverse_comm(int, int *, double *) override;
+
  protected:
-  enum class GhostMode { AUTO, IMAGES, SHELL };
+  enum class GhostMode { AUTO, IMAGES, SHELL, EXCHANGE };
 
   void allocate();
   void load_model(const std::string &path);
-  bool use_shell() const;
+  GhostMode resolved_mode() const;
   // fill the model inputs; returns the number of atoms whose energies count
-  int build_graph(bool shell);
+  int build_graph(GhostMode mode);
+  // exchange mode: atomic energies of the local nodes and forces on all nodes
+  std::pair<torch::Tensor, torch::Tensor> compute_exchange(const std::vector<torch::jit::IValue> &);
+  torch::Tensor coefficients_to_ghosts(const torch::Tensor &local_coefficients);
+  torch::Tensor gradients_to_owners(const torch::Tensor &node_gradients);
 
   GhostMode ghost_mode;
   int num_threads;
@@ -53,6 +66,7 @@ class PairREANN : public Pair {
   std::vector<std::string> type_names;    // the model's elements
   double r_max;
   int num_recursions;
+  int coefficient_size;    // K, values per atom in the exchange
   double interaction_range;    // (T + 1) r_max
   std::string model_units;
 
@@ -66,6 +80,8 @@ class PairREANN : public Pair {
   std::vector<int64_t> node_type;
   std::vector<int64_t> edge_center, edge_neighbor;
   std::vector<double> edge_shift;
+  int num_counted;                        // nodes whose energies count: the local ones
+  std::vector<double> exchange_values;    // K values per LAMMPS atom, for forward/reverse comm
 };
 
 }    // namespace LAMMPS_NS

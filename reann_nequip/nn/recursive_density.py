@@ -150,7 +150,9 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
         coefficients = self.initial_coefficients_of(atom_types)
         step = 0
         for update in self.updates:
-            density = self.density_at_step(step, angular, radial, coefficients, edge_index, num_atoms)
+            density = self.density_at_step(
+                step, angular, radial, coefficients, edge_index, num_atoms
+            )
             coefficients = update(coefficients, density, atom_types)
             step += 1
         data[AtomicDataDict.NODE_FEATURES_KEY] = self.density_at_step(

@@ -306,42 +306,51 @@ def test_lammps_errors_are_clear(tmp_path, case, expected):
 
 
 @pytest.mark.slow
-def test_nve_conserves_energy(ch4_checkpoint, tmp_path):
-    """2,000 steps of 0.25 fs NVE on a CH4 molecule with a briefly trained model (float64): far
-    from its training data (e.g. two molecules meeting) such a model is not physical."""
+def test_nve_conserves_energy_on_one_and_two_ranks(ch4_checkpoint, tmp_path):
+    """2,000 steps of 0.25 fs NVE on a CH4 molecule with a briefly trained model (float64; far from
+    its training data, e.g. two molecules meeting, such a model is not physical). On two ranks
+    (coefficient exchange) the molecule straddles the subdomain boundary at x = 10 Å."""
     from reann_nequip.deploy import deploy
 
     model = tmp_path / "ch4.pth"
     deploy(str(ch4_checkpoint), str(model), "float64")
     atoms = ch4_molecule()
-    result = run_lammps(
-        tmp_path / "nve",
-        atoms,
-        model,
-        ["C", "H"],
-        commands="""velocity all create 300 4928459 mom yes rot yes dist gaussian
+    trajectories = {}
+    for nprocs in (1, 2):
+        workdir = tmp_path / f"np{nprocs}"
+        result = run_lammps(
+            workdir,
+            atoms,
+            model,
+            ["C", "H"],
+            nprocs=nprocs,
+            settings=f"processors {nprocs} 1 1",
+            commands="""velocity all create 300 4928459 mom yes rot yes dist gaussian
 timestep 0.00025
 fix nve all nve
 thermo 20
 thermo_style custom step time temp pe etotal
-thermo_modify format float %.12g
+thermo_modify format float %.15g
 run 2000""",
-    )
-    assert result.returncode == 0, result.stderr
-    lines = (tmp_path / "nve" / "log.lammps").read_text().splitlines()
-    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["Step", "Time"])
-    table = np.array(
-        [[float(x) for x in line.split()] for line in lines[header + 1 : header + 102]]
-    )
-    time_ps, temperature, total_energy = table[:, 1], table[:, 2], table[:, 4]
-    drift_per_atom_per_ns = np.polyfit(time_ps, total_energy, 1)[0] * 1000.0 / len(atoms)
-    print(
-        f"NVE: T = {temperature.mean():.0f} K, total energy std {total_energy.std():.2e} eV, "
-        f"drift {drift_per_atom_per_ns:.3e} eV/atom/ns"
-    )
-    assert temperature.max() > 50.0, "the atoms must move"
-    assert total_energy.std() < 2e-3 * len(atoms)
-    assert abs(drift_per_atom_per_ns) < 0.05
+        )
+        assert result.returncode == 0, result.stderr
+        lines = (workdir / "log.lammps").read_text().splitlines()
+        header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["Step", "Time"])
+        rows = lines[header + 1 : header + 102]
+        trajectories[nprocs] = np.array([[float(x) for x in line.split()] for line in rows])
+
+    for nprocs, table in trajectories.items():
+        time_ps, temperature, total_energy = table[:, 1], table[:, 2], table[:, 4]
+        drift_per_atom_per_ns = np.polyfit(time_ps, total_energy, 1)[0] * 1000.0 / len(atoms)
+        print(
+            f"NVE on {nprocs} rank(s): T = {temperature.mean():.0f} K, total energy std "
+            f"{total_energy.std():.2e} eV, drift {drift_per_atom_per_ns:.3e} eV/atom/ns"
+        )
+        assert temperature.max() > 50.0, "the atoms must move"
+        assert total_energy.std() < 2e-3 * len(atoms)
+        assert abs(drift_per_atom_per_ns) < 0.05
+    # the same trajectory until round-off differences grow (the first 500 steps here)
+    np.testing.assert_allclose(trajectories[2][:26, 3], trajectories[1][:26, 3], rtol=1e-10)
 
 
 def test_null_type_is_left_to_another_pair_style(tmp_path):

@@ -29,6 +29,9 @@ BIN = pathlib.Path(sys.executable).parent
 TYPE_NAMES = ["O", "H"]
 # replications of the 192-atom box for each size
 REPLICAS = {192: (1, 1, 1), 1536: (2, 2, 2), 12288: (4, 4, 4), 24576: (4, 4, 8)}
+# a (T + 1) r_max + skin = 22 Å ghost shell holds far more atoms than a rank owns: 7 GB per rank
+# at 1,536 atoms already, so larger boxes run in exchange mode only
+SHELL_MAX_ATOMS = 1536
 
 
 def water_frame(data_root: str):
@@ -87,7 +90,7 @@ def deploy_default_models(workdir: pathlib.Path, dtypes: List[str]) -> Dict[str,
 
 
 def run_lammps(
-    workdir: pathlib.Path, model: pathlib.Path, replicas, ranks: int, steps: int
+    workdir: pathlib.Path, model: pathlib.Path, replicas, ranks: int, steps: int, mode: str
 ) -> Dict:
     nx, ny, nz = replicas
     (workdir / "in.lmp").write_text(
@@ -97,7 +100,7 @@ read_data water.lmp
 replicate {nx} {ny} {nz}
 mass 1 15.999
 mass 2 1.008
-pair_style reann
+pair_style reann mode {mode}
 pair_coeff * * {model} O H
 velocity all create 300 12345 dist gaussian
 timestep 0.0005
@@ -149,6 +152,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
     parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["exchange", "shell"],
+        choices=["exchange", "shell"],
+        help="ghost handling on several ranks (one rank always uses periodic images)",
+    )
+    parser.add_argument(
         "--steps", type=int, default=None, help="MD steps (default: ~2e5 atom-steps, ≥ 5)"
     )
     args = parser.parse_args(argv)
@@ -163,32 +173,41 @@ def main(argv: Optional[List[str]] = None) -> None:
         for dtype in args.dtypes:
             for size in args.sizes:
                 for ranks in args.ranks:
-                    steps = args.steps or max(5, 200000 // size)
-                    workdir = tmp / f"{dtype}_{size}_{ranks}"
-                    workdir.mkdir()
-                    (workdir / "water.lmp").write_bytes((tmp / "water.lmp").read_bytes())
-                    row = run_lammps(workdir, models[dtype], REPLICAS[size], ranks, steps)
-                    rows.append({"dtype": dtype, "ranks": ranks, "steps": steps, **row})
-                    print(
-                        f"  {dtype} {row['atoms']:>6} atoms {ranks} rank(s): "
-                        f"{row['us_per_atom_step']:.1f} µs/atom-step",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+                    for mode in ["images"] if ranks == 1 else args.modes:
+                        if mode == "shell" and size > SHELL_MAX_ATOMS:
+                            continue
+                        steps = args.steps or max(5, 200000 // size)
+                        workdir = tmp / f"{dtype}_{size}_{ranks}_{mode}"
+                        workdir.mkdir()
+                        (workdir / "water.lmp").write_bytes((tmp / "water.lmp").read_bytes())
+                        row = run_lammps(workdir, models[dtype], REPLICAS[size], ranks, steps, mode)
+                        rows.append(
+                            {"dtype": dtype, "ranks": ranks, "mode": mode, "steps": steps, **row}
+                        )
+                        print(
+                            f"  {dtype} {row['atoms']:>6} atoms {ranks} rank(s) {mode}: "
+                            f"{row['us_per_atom_step']:.1f} µs/atom-step",
+                            file=sys.stderr,
+                            flush=True,
+                        )
 
     print(
         f"\npair_style reann, bulk water, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, 1 torch thread per rank\n"
     )
-    header = (
-        "| dtype | atoms | ranks | steps | µs/atom-step | pair share | peak RSS per rank (MB) |"
+    serial = {(r["dtype"], r["atoms"]): r["us_per_atom_step"] for r in rows if r["ranks"] == 1}
+    print(
+        "| dtype | atoms | ranks | mode | steps | µs/atom-step | speed-up vs 1 rank | pair share "
+        "| peak RSS per rank (MB) |"
     )
-    print(header)
-    print("|" + "---|" * 7)
+    print("|" + "---|" * 9)
     for row in rows:
+        reference = serial.get((row["dtype"], row["atoms"]))
+        speedup = f"{reference / row['us_per_atom_step']:.2f}" if reference else "–"
         print(
-            f"| {row['dtype']} | {row['atoms']} | {row['ranks']} | {row['steps']} | "
-            f"{row['us_per_atom_step']:.1f} | {100 * row['pair_fraction']:.0f}% | {row['peak_rss_mb']:.0f} |"
+            f"| {row['dtype']} | {row['atoms']} | {row['ranks']} | {row['mode']} | {row['steps']} | "
+            f"{row['us_per_atom_step']:.1f} | {speedup} | {100 * row['pair_fraction']:.0f}% | "
+            f"{row['peak_rss_mb']:.0f} |"
         )
 
 

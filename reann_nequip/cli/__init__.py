@@ -10,7 +10,10 @@ import sys
 from typing import List, Optional
 
 # subcommand name -> module implementing it
-SUBCOMMANDS = {}
+SUBCOMMANDS = {
+    "convert": "reann_nequip.cli.convert",
+    "import": "reann_nequip.cli.import_reann",
+}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

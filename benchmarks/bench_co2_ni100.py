@@ -75,8 +75,7 @@ def main() -> int:
         print(f"error: {DATA} not found (the shared data folder next to the repository)")
         return 1
     run_dir = (
-        args.run_dir
-        or REPO_ROOT / "outputs" / "bench_co2_ni100" / time.strftime("%Y%m%d-%H%M%S")
+        args.run_dir or REPO_ROOT / "outputs" / "bench_co2_ni100" / time.strftime("%Y%m%d-%H%M%S")
     ).resolve()
 
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}

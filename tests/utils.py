@@ -27,19 +27,38 @@ def run_nequip_train(*args: str, python_path: bool = False) -> subprocess.Comple
 
     ``python_path`` puts the repository root on PYTHONPATH (for configs naming ``tests.…``).
     """
-    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
-    if python_path:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     result = subprocess.run(
         ["nequip-train", *args],
         cwd=REPO_ROOT,
-        env=env,
+        env=_tool_environment(python_path),
         capture_output=True,
         text=True,
         timeout=900,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return result
+
+
+def start_nequip_train(*args: str, log_path: pathlib.Path, python_path: bool = False):
+    """``nequip-train ARGS`` started in the background like :func:`run_nequip_train`, its output
+    going to ``log_path``; returns the ``subprocess.Popen``."""
+    with open(log_path, "w") as log:
+        return subprocess.Popen(
+            ["nequip-train", *args],
+            cwd=REPO_ROOT,
+            env=_tool_environment(python_path),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _tool_environment(python_path: bool) -> dict:
+    """The environment for this venv's console scripts, optionally with the repository root on
+    PYTHONPATH."""
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    if python_path:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return env
 
 
 def randomize_parameters(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

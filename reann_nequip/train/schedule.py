@@ -72,7 +72,7 @@ class ReannTrainingSchedule(Callback):
             - _target_: reann_nequip.train.ReannTrainingSchedule
               end_lr: 1.0e-5            # REANN end_lr
               decay_factor: 0.5         # REANN decay_factor
-              patience: 100             # REANN patience_epoch / print_epoch, in validations
+              patience: 100             # REANN patience_epoch (validating every epoch)
               energy_coeff: 0.1         # REANN e_ceff
               initial_force_coeff: 10.0 # REANN init_f
               final_force_coeff: 0.5    # REANN final_f
@@ -89,8 +89,10 @@ class ReannTrainingSchedule(Callback):
         end_lr (float): REANN's ``end_lr``: plateau ``min_lr`` and stop criterion
         decay_factor (float): REANN's ``decay_factor``: plateau factor and rollback factor
             (default ``0.5``)
-        patience (int): REANN's ``patience_epoch / print_epoch``: validations without
-            improvement before the learning rate decays (default ``100``)
+        patience (int): validations without improvement before the learning rate decays
+            (default ``100``). REANN waits ``patience_epoch / print_epoch`` validations of
+            ``print_epoch`` epochs; validating every epoch (nequip's EMA needs it), REANN's
+            ``patience_epoch`` gives the same wait in epochs
         threshold (float): relative improvement that counts as better, as in torch's
             ReduceLROnPlateau (default ``1e-4``, REANN's)
         energy_coeff (float): REANN's ``e_ceff``, constant (default ``0.1``)

@@ -1,8 +1,11 @@
 """``reann-nequip convert``: REANN's para files (read as data, never executed) → a nequip config
 that builds the equivalent model and reads the REANN data."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
+import torch
 import yaml
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
@@ -11,7 +14,13 @@ from omegaconf import OmegaConf
 
 from reann_nequip.cli import main as cli_main
 from reann_nequip.data import write_configuration
+from reann_nequip.data.configuration import iter_configuration, write_frames
 from reann_nequip.integrations.reann_params import ReannParameterError, read_reann_parameters
+
+from .test_schedule import _checkpoint, _error_log_runs, _schedule_state
+from .utils import REPO_ROOT, run_nequip_train
+
+CO2_NI100 = REPO_ROOT / ".." / "shared" / "data" / "co2_ni100_reann" / "val" / "configuration"
 
 # REANN's example for CO2 on Ni(100), written as a REANN user would
 INPUT_NN = """\
@@ -105,26 +114,60 @@ def test_co2_ni100_config_builds_the_equivalent_model(tmp_path, capsys):
     # empty val/configuration: REANN trains on the first int(0.9 N) frames, validates on the rest
     assert (train["frames"], config["data"]["val_dataset"]["frames"]) == (":9", "9:")
     assert config["data"]["train_dataloader"]["batch_size"] == 128
-    loss = config["training_module"]["loss"]
-    # REANN: 0.1 Σ ΔE² + 50 Σ ΔF², sums; nequip means, 7 atoms a frame → forces × 3 · 7
-    assert loss["coeffs"] == {"total_energy": 0.1, "forces": 3 * 7 * 50.0}
-    assert loss["per_atom_energy"] is False
-    assert config["training_module"]["optimizer"] == {
+    module = config["training_module"]
+    # REANN's loss on total energies; the schedule sets the weights every batch
+    assert module["loss"] == {
+        "_target_": "nequip.train.EnergyForceLoss",
+        "per_atom_energy": False,
+        "coeffs": {"total_energy": 0.1, "forces": 50.0},
+    }
+    # the same loss validates, so `weighted_sum` is REANN's validation loss
+    assert {k: v for k, v in module["val_metrics"].items() if k != "extra_metrics"} == (
+        module["loss"]
+    )
+    assert module["optimizer"] == {
         "_target_": "torch.optim.AdamW",
         "lr": 0.001,
         "weight_decay": 0.0,
     }
-    schedule = config["training_module"]["lr_scheduler"]
-    assert schedule["scheduler"]["patience"] == 40  # patience_epoch / print_epoch
-    assert (schedule["scheduler"]["factor"], schedule["scheduler"]["min_lr"]) == (0.5, 1e-5)
-    assert schedule["frequency"] == 5
-    assert config["training_module"]["ema_decay"] == 0.999
+    assert "lr_scheduler" not in module  # ReannTrainingSchedule owns the plateau scheduler
+    assert module["_target_"] == "nequip.train.EMALightningModule"
+    assert module["ema_decay"] == 0.999
+    callbacks = {c["_target_"].rsplit(".", 1)[1]: c for c in config["trainer"]["callbacks"]}
+    assert callbacks["ReannTrainingSchedule"] == {
+        "_target_": "reann_nequip.train.ReannTrainingSchedule",
+        "end_lr": 1e-5,
+        "decay_factor": 0.5,
+        # patience_epoch 200 with print_epoch 5: 40 validations of 5 epochs in REANN, 200
+        # validations of one epoch here
+        "patience": 200,
+        "energy_coeff": 0.1,
+        "initial_force_coeff": 50.0,
+        "final_force_coeff": 0.5,
+    }
+    assert callbacks["ReannErrorLog"]["file_path"] == "${hydra:runtime.output_dir}/nn.err"
     assert config["trainer"]["max_epochs"] == 20000
 
-    for name in ("queue_size", "DDP_backend", "nkpoint", "final_f", "end_lr"):
+    # parameters with no equivalent are warned about, those now carried over are not
+    for name in ("queue_size", "DDP_backend", "nkpoint", "print_epoch"):
         assert f"`{name}`" in warnings, name
+    for name in ("final_f", "end_lr", "decay_factor", "patience_epoch", "e_ceff", "init_f"):
+        assert f"`{name}`" not in warnings, name
     assert "`table_init`" not in warnings  # 0 is a fresh run, as nequip's
     assert "input_nn, line 21:" in warnings  # queue_size's line
+
+    # the schedule, the error log and the loss build, and the schedule accepts them
+    schedule = instantiate(callbacks["ReannTrainingSchedule"])
+    loss, val_metrics = instantiate(module["loss"]), instantiate(module["val_metrics"])
+    trainer = SimpleNamespace(
+        optimizers=[torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=0.001)],
+        lr_scheduler_configs=[],
+    )
+    schedule.on_train_start(trainer, SimpleNamespace(loss=loss, val_metrics=[val_metrics]))
+    assert schedule.force_coeff(1e-3) == pytest.approx(50.0)  # init_f at start_lr
+    assert schedule.force_coeff(1e-5) == pytest.approx(0.5, abs=1e-3)  # final_f at end_lr
+    # the validation loss the schedule and the checkpoint follow
+    assert schedule.monitor == callbacks["ModelCheckpoint"]["monitor"]
 
     # the config builds the model and reads the data
     OmegaConf.register_new_resolver("training_data_stats", lambda name: -1.5, replace=True)
@@ -146,6 +189,75 @@ def test_co2_ni100_config_builds_the_equivalent_model(tmp_path, capsys):
     val_set = instantiate(OmegaConf.to_container(omega.data.val_dataset, resolve=True))
     assert (len(train_set), len(val_set)) == (9, 1)
     assert train_set[0]["atom_types"].tolist() == [0, 0, 1, 2, 2, 2, 2]
+
+
+def test_energy_only_fit_gets_the_schedule_without_force_weights(tmp_path):
+    """REANN's start_table 0: energy loss only; plateau, rollback and end_lr stop still apply."""
+    para = write_reann_run(
+        tmp_path / "run", input_nn=INPUT_NN.replace("start_table = 1", "start_table = 0")
+    )
+    out = tmp_path / "energy.yaml"
+    assert cli_main(["convert", str(para), "-o", str(out)]) == 0
+    config = yaml.safe_load(out.read_text())
+    module = config["training_module"]
+    assert module["loss"] == {"_target_": "nequip.train.EnergyOnlyLoss", "per_atom_energy": False}
+    (schedule_config,) = [
+        c for c in config["trainer"]["callbacks"] if c["_target_"].endswith("TrainingSchedule")
+    ]
+    assert schedule_config["force_metric"] is None
+    assert "initial_force_coeff" not in schedule_config
+
+    schedule = instantiate(schedule_config)
+    loss, val_metrics = instantiate(module["loss"]), instantiate(module["val_metrics"])
+    trainer = SimpleNamespace(
+        optimizers=[torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=0.001)],
+        lr_scheduler_configs=[],
+    )
+    module_stub = SimpleNamespace(loss=loss, val_metrics=[val_metrics])
+    schedule.on_train_start(trainer, module_stub)
+    batch = {"pos": torch.zeros(7, 3), "num_atoms": torch.tensor([3, 4])}
+    schedule.on_train_batch_start(trainer, module_stub, batch, 0)
+    assert set(loss.entries) == {"total_energy_mse"}
+    assert loss.entries["total_energy_mse"].coeff == pytest.approx(1.0)  # normalised e_ceff
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CO2_NI100.is_file(), reason=f"shared data not found at {CO2_NI100}")
+def test_converted_config_trains_with_reanns_schedule(tmp_path):
+    """REANN's CO2/Ni(100) para files → config → two epochs of nequip-train on 6 frames."""
+    para = write_reann_run(tmp_path / "run")
+    data = tmp_path / "data"
+    (data / "train").mkdir(parents=True)
+    (data / "val").mkdir()
+    frames = iter_configuration(CO2_NI100, "fractional")
+    write_frames(data / "train" / "configuration", [next(frames) for _ in range(4)], "fractional")
+    write_frames(data / "val" / "configuration", [next(frames) for _ in range(2)], "fractional")
+    config = tmp_path / "co2.yaml"
+    assert cli_main(["convert", str(para), "--data", str(data), "-o", str(config)]) == 0
+
+    run_dir = tmp_path / "out"
+    run_nequip_train(
+        "-cd",
+        str(tmp_path),
+        "-cn",
+        "co2",
+        f"hydra.run.dir={run_dir}",
+        "trainer.max_epochs=2",
+        "++trainer.enable_progress_bar=false",
+        "data.train_dataloader.batch_size=4",
+        # a smaller model of the same structure keeps the test short
+        "training_module.model.energy_network.hidden=[16,16]",
+        "training_module.model.coefficient_network.hidden=[16,16]",
+    )
+    (run,) = _error_log_runs(run_dir / "nn.err")
+    assert run["terminated"] and [epoch for epoch, *_ in run["epochs"]] == [0, 1]
+    for _, lr, train, val in run["epochs"]:
+        assert lr == pytest.approx(1e-3)  # start_lr, no decay within patience
+        assert len(train) == len(val) == 2  # total energy and forces
+        assert all(np.isfinite(train + val))
+    state = _schedule_state(_checkpoint(run_dir / "last.ckpt"))
+    assert state["start_lr"] == pytest.approx(1e-3) and np.isfinite(state["best_loss"])
+    assert state["plateau"]["patience"] == 200
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,9 @@ Forces come from autograd through that transcription.
 
 import itertools
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -19,6 +22,7 @@ from nequip.model import ModelFromCheckpoint
 from nequip.utils.global_state import set_global_state
 
 from reann_nequip.cli import main as cli_main
+from reann_nequip.integrations.ase import ReannCalculator
 from reann_nequip.integrations.reann_checkpoint import ReannStateDictError, import_reann
 
 from .test_reference_formula import random_atoms, reference_pairs
@@ -317,3 +321,53 @@ def test_import_rejects_state_dict_that_does_not_match_para(tmp_path):
     torch.save({"reannparam": state}, pth)
     with pytest.raises(ReannStateDictError, match="shape"):
         import_reann(str(pth), str(para), data_dir=str(tmp_path))
+
+
+@pytest.mark.slow
+def test_imported_model_deploys_with_reanns_energies(tmp_path):
+    """REANN.pth → import → ``nequip-deploy build`` → ReannCalculator: energies and forces of the
+    deployed file equal the imported model's and REANN's own to round-off in float64."""
+    c = CASES["v2_two_blocks_layer_norm"]
+    para = tmp_path / "para"
+    write_para(para, c["nl"], c["oc_nl"], c["nblock"], c["oc_loop"], c["table_norm"], [0.0, 0.0])
+    state = reann_state_dict(
+        11, c["nl"], c["oc_nl"], c["nblock"], c["oc_loop"], c["table_norm"], False, "v2"
+    )
+    pth = tmp_path / "REANN.pth"
+    torch.save({"reannparam": state, "optimizer": {}}, pth)
+    imported = tmp_path / "reann.ckpt"
+    assert cli_main(["import", str(pth), "--para", str(para), "-o", str(imported)]) == 0
+    deployed = tmp_path / "reann.pth"
+    result = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "nequip-deploy"), "build"]
+        + [str(imported), str(deployed)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "model_dtype           float64" in result.stdout, result.stdout
+
+    model = ModelFromCheckpoint(str(imported))["sole_model"]
+    model.eval()
+    calculator = ReannCalculator(str(deployed))
+    rng = np.random.default_rng(5)
+    for periodic in (True, False):
+        atoms, species = random_atoms(rng, periodic)
+        expected = model(model_input(atoms, ATOMTYPE, CUTOFF))
+        positions = torch.tensor(atoms.positions, dtype=torch.float64, requires_grad=True)
+        reann = reann_energy(
+            state, positions, np.asarray(atoms.cell), atoms.pbc, species, c["oc_loop"]
+        )
+        atoms.calc = calculator
+        energy = atoms.get_potential_energy()
+        np.testing.assert_allclose(
+            energy, expected[AtomicDataDict.TOTAL_ENERGY_KEY].item(), rtol=1e-12, atol=1e-10
+        )
+        np.testing.assert_allclose(energy, reann.item(), rtol=1e-12, atol=1e-10)
+        np.testing.assert_allclose(
+            atoms.get_forces(),
+            expected[AtomicDataDict.FORCE_KEY].detach().numpy(),
+            rtol=1e-9,
+            atol=1e-10,
+        )

@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         f"evaluate: reann-nequip evaluate {args.output} DATA\n"
         f"fine-tune: model: {{_target_: nequip.model.ModelFromCheckpoint, checkpoint_path: "
         f"{args.output}}}\n"
-        f"deploy: nequip-package build {args.output} model.nequip.zip"
+        f"deploy (LAMMPS, ASE): nequip-deploy build {args.output} model.pth\n"
+        f"package: nequip-package build {args.output} model.nequip.zip"
     )
     return 0

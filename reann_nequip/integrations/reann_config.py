@@ -1,37 +1,20 @@
 """A complete nequip training config equivalent to a REANN run's parameter files."""
 
+import math
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
 from reann_nequip.data.configuration import count_frames
 
-from .reann_params import (
-    NO_EQUIVALENT,
-    REANN_SCHEDULE,
-    UNUSED_BY_REANN,
-    ReannParameters,
-    data_files,
-    model_options,
-)
+from .reann_params import NO_EQUIVALENT, UNUSED_BY_REANN, ReannParameters, data_files, model_options
 
 MONITORED_METRIC = "val0_epoch/weighted_sum"
-
-# lines per frame besides the atom lines: header, three lattice rows, pbc, abprop
-_FRAME_LINES = 6
-
-
-def _mean_atoms_per_frame(path: str) -> float:
-    """Atoms per frame of a configuration file, from its line and frame counts."""
-    frames = count_frames(path)
-    with open(path) as stream:
-        lines = sum(1 for line in stream if line.strip())
-    return (lines - _FRAME_LINES * frames) / frames
 
 
 def _datasets(
     p: ReannParameters, data_dir: Optional[str], warnings: List[str]
-) -> Tuple[Dict[str, Any], Dict[str, Any], Optional[float]]:
-    """Train and val dataset configs (REANN's split rules) and the mean atoms per frame."""
+) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """Train and val dataset configs, split by REANN's rules."""
     train_file, val_file = data_files(p, data_dir)
     coordinates = "fractional" if p["table_coor"] == 1 else "cartesian"
     base = {"_target_": "reann_nequip.data.ReannConfigurationDataset", "coordinates": coordinates}
@@ -42,8 +25,7 @@ def _datasets(
             f"data: {train_file} not found; the config names it and {val_file} as REANN does "
             "(train/ and val/ under `folder`); pass --data DIR to point elsewhere"
         )
-        return train, val, None
-    mean_atoms = _mean_atoms_per_frame(train_file)
+        return train, val
     if not os.path.isfile(val_file) or count_frames(val_file) == 0:
         # REANN: with an empty validation set, the first int(N * ratio) training frames train
         total = count_frames(train_file)
@@ -54,47 +36,61 @@ def _datasets(
             f"data: {val_file} is missing or empty, so frames :{num_train} of {train_file} "
             f"train and {num_train}: validate (REANN's ratio {p['ratio']})"
         )
-    return train, val, mean_atoms
+    return train, val
 
 
-def _loss_and_metrics(
-    p: ReannParameters, mean_atoms: Optional[float], warnings: List[str]
-) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+def _loss(p: ReannParameters) -> Dict[str, Any]:
+    """REANN's loss on total energies (and forces). The coefficients written are REANN's
+    starting ones; ``ReannTrainingSchedule`` replaces them every batch with REANN's summed-loss
+    balance at the current learning rate."""
     if p["start_table"] == 0:
-        loss = {"_target_": "nequip.train.EnergyOnlyLoss", "per_atom_energy": False}
-        metrics = {
-            "_target_": "nequip.train.EnergyOnlyMetrics",
-            "coeffs": {"total_energy_rmse": 1.0, "total_energy_mae": None},
-        }
-        return loss, metrics
-    # REANN's loss per batch is e_ceff Σ_frames ΔE² + f Σ_components ΔF² (sums). nequip's are
-    # means over frames and over components; with n atoms per frame on average the same
-    # balance needs the force weight 3 n f.
-    if mean_atoms is None:
-        mean_atoms = 1.0
-        warnings.append(
-            "loss: without the data the mean number of atoms per frame is unknown; the force "
-            "weight is 3 init_f instead of REANN's 3 n init_f (n atoms per frame): scale "
-            "`coeffs.forces` by n"
-        )
-    loss = {
+        return {"_target_": "nequip.train.EnergyOnlyLoss", "per_atom_energy": False}
+    return {
         "_target_": "nequip.train.EnergyForceLoss",
         "per_atom_energy": False,
-        "coeffs": {
-            "total_energy": float(p["e_ceff"]),
-            "forces": float(3.0 * mean_atoms * p["init_f"]),
-        },
+        "coeffs": {"total_energy": float(p["e_ceff"]), "forces": float(p["init_f"])},
     }
-    metrics = {
-        "_target_": "nequip.train.EnergyForceMetrics",
-        "coeffs": {
-            "total_energy_rmse": 1.0,
-            "forces_rmse": 1.0,
-            "total_energy_mae": None,
-            "forces_mae": None,
-        },
+
+
+def _val_metrics(p: ReannParameters) -> Dict[str, Any]:
+    """The loss again, so that ``weighted_sum`` is REANN's weighted validation loss, plus RMSEs
+    (in the data's units) for reading."""
+    readable = [
+        {
+            "name": "per_atom_energy_rmse",
+            "field": {"_target_": "nequip.data.PerAtomModifier", "field": "total_energy"},
+            "metric": {"_target_": "nequip.train.RootMeanSquaredError"},
+        }
+    ]
+    if p["start_table"] == 1:
+        readable.append(
+            {
+                "name": "forces_rmse",
+                "field": "forces",
+                "metric": {"_target_": "nequip.train.RootMeanSquaredError"},
+            }
+        )
+    return {**_loss(p), "extra_metrics": readable}
+
+
+def _schedule(p: ReannParameters) -> Dict[str, Any]:
+    """``ReannTrainingSchedule`` with REANN's schedule parameters."""
+    # REANN decays after patience_epoch / print_epoch validations without improvement, one every
+    # print_epoch epochs: patience_epoch epochs. nequip's EMA validates every epoch, so the
+    # patience in validations is patience_epoch (torch compares `bad > patience`: floor is exact)
+    schedule = {
+        "_target_": "reann_nequip.train.ReannTrainingSchedule",
+        "end_lr": float(p["end_lr"]),
+        "decay_factor": float(p["decay_factor"]),
+        "patience": math.floor(p["patience_epoch"]),
+        "energy_coeff": float(p["e_ceff"]),
     }
-    return loss, metrics
+    if p["start_table"] == 0:
+        schedule["force_metric"] = None
+    else:
+        schedule["initial_force_coeff"] = float(p["init_f"])
+        schedule["final_force_coeff"] = float(p["final_f"])
+    return schedule
 
 
 def nequip_config(
@@ -119,11 +115,14 @@ def nequip_config(
         # table_init 0 (no restart) is what a fresh nequip run does anyway
         if name in p.source and not (name == "table_init" and p[name] == 0):
             warnings.append(f"{p.where(name)}: `{name}` has no equivalent ({why})")
-    for name, why in REANN_SCHEDULE.items():
-        warnings.append(f"{p.where(name)}: `{name}`: {why}")
+    if p["print_epoch"] != 1:
+        warnings.append(
+            f"{p.where('print_epoch')}: `print_epoch` {p['print_epoch']}: validation and the "
+            "nn.err line come every epoch (nequip's EMA needs it); the plateau patience is "
+            f"REANN's in epochs ({p['patience_epoch']})"
+        )
 
-    train, val, mean_atoms = _datasets(p, data_dir, warnings)
-    loss, metrics = _loss_and_metrics(p, mean_atoms, warnings)
+    train, val = _datasets(p, data_dir, warnings)
     model = {
         "_target_": "reann_nequip.model.ReannModel",
         "seed": "${seed}",
@@ -134,8 +133,6 @@ def nequip_config(
     model["type_names"] = "${model_type_names}"
     model["r_max"] = "${cutoff_radius}"
     type_names = list(p["atomtype"])
-    print_epoch = p["print_epoch"]
-    patience = p["patience_epoch"] / print_epoch
     config = {
         "run": ["train", "val"],
         "seed": seed,
@@ -163,6 +160,7 @@ def nequip_config(
         "trainer": {
             "_target_": "lightning.Trainer",
             "accelerator": "auto",
+            # REANN's Epoch; ReannTrainingSchedule stops earlier, when the LR reaches end_lr
             "max_epochs": p["Epoch"],
             # nequip's EMA needs validation every epoch (REANN validates every print_epoch)
             "check_val_every_n_epoch": 1,
@@ -180,6 +178,11 @@ def nequip_config(
                     "filename": "best",
                     "save_last": True,
                 },
+                _schedule(p),
+                {
+                    "_target_": "reann_nequip.train.ReannErrorLog",
+                    "file_path": "${hydra:runtime.output_dir}/nn.err",
+                },
                 {
                     "_target_": "lightning.pytorch.callbacks.LearningRateMonitor",
                     "logging_interval": "epoch",
@@ -187,26 +190,16 @@ def nequip_config(
             ],
         },
         "training_module": {
+            # REANN validates and saves EMA weights (decay 0.999)
             "_target_": "nequip.train.EMALightningModule",
             "ema_decay": 0.999,
-            "loss": loss,
-            "val_metrics": metrics,
+            "loss": _loss(p),
+            "val_metrics": _val_metrics(p),
+            # no lr_scheduler: ReannTrainingSchedule steps its own ReduceLROnPlateau
             "optimizer": {
                 "_target_": "torch.optim.AdamW",
                 "lr": float(p["start_lr"]),
                 "weight_decay": float(p["re_ceff"]),
-            },
-            "lr_scheduler": {
-                "scheduler": {
-                    "_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau",
-                    "factor": float(p["decay_factor"]),
-                    # REANN: patience_epoch / print_epoch scheduler steps, one per print_epoch
-                    "patience": int(patience) if float(patience).is_integer() else patience,
-                    "min_lr": float(p["end_lr"]),
-                },
-                "monitor": MONITORED_METRIC,
-                "interval": "epoch",
-                "frequency": print_epoch,
             },
             "model": model,
         },

@@ -74,17 +74,6 @@ NO_EQUIVALENT = {
     "DDP_backend": "Lightning chooses the DDP backend",
 }
 
-# REANN's schedule parameters with no component in nequip itself
-REANN_SCHEDULE = {
-    "final_f": "REANN moves the force weight linearly with the learning rate from init_f to "
-    "final_f; here it stays at init_f",
-    "end_lr": "REANN stops when the learning rate reaches end_lr; here it is only "
-    "ReduceLROnPlateau's min_lr and training runs to `max_epochs` (REANN Epoch)",
-    "decay_factor": "REANN also cuts the learning rate by decay_factor and reloads the best "
-    "weights when the validation loss diverges (25x the best, or NaN); nequip does not",
-    "print_epoch": "REANN writes nn.err every print_epoch epochs; here see metrics.csv",
-}
-
 ACTIVATIONS = {"Relu_like": "relu_like", "Tanh_like": "tanh_like"}
 
 _ASSIGNMENT = re.compile(r"^([A-Za-z_]\w*)\s*=(.*)$")

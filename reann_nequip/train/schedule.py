@@ -72,7 +72,7 @@ class ReannTrainingSchedule(Callback):
             - _target_: reann_nequip.train.ReannTrainingSchedule
               end_lr: 1.0e-5            # REANN end_lr
               decay_factor: 0.5         # REANN decay_factor
-              patience: 100             # REANN patience_epoch / print_epoch, in validations
+              patience: 100             # REANN patience_epoch (validating every epoch)
               energy_coeff: 0.1         # REANN e_ceff
               initial_force_coeff: 10.0 # REANN init_f
               final_force_coeff: 0.5    # REANN final_f
@@ -89,8 +89,10 @@ class ReannTrainingSchedule(Callback):
         end_lr (float): REANN's ``end_lr``: plateau ``min_lr`` and stop criterion
         decay_factor (float): REANN's ``decay_factor``: plateau factor and rollback factor
             (default ``0.5``)
-        patience (int): REANN's ``patience_epoch / print_epoch``: validations without
-            improvement before the learning rate decays (default ``100``)
+        patience (int): validations without improvement before the learning rate decays
+            (default ``100``). REANN waits ``patience_epoch / print_epoch`` validations of
+            ``print_epoch`` epochs; validating every epoch (nequip's EMA needs it), REANN's
+            ``patience_epoch`` gives the same wait in epochs
         threshold (float): relative improvement that counts as better, as in torch's
             ReduceLROnPlateau (default ``1e-4``, REANN's)
         energy_coeff (float): REANN's ``e_ceff``, constant (default ``0.1``)
@@ -102,7 +104,8 @@ class ReannTrainingSchedule(Callback):
             the best (default ``25.0``, REANN's)
         energy_metric (str): name of the energy MSE entry in the loss and validation metrics
             (default ``total_energy_mse``, nequip's ``EnergyForceLoss`` name)
-        force_metric (str): name of the force MSE entry (default ``forces_mse``)
+        force_metric (str): name of the force MSE entry (default ``forces_mse``); ``null`` for
+            an energy-only fit (REANN's ``start_table 0``): the force weights are then unused
         monitor (str): logged validation loss the schedule follows
             (default ``val0_epoch/weighted_sum``)
     """
@@ -118,7 +121,7 @@ class ReannTrainingSchedule(Callback):
         final_force_coeff: float = 0.5,
         divergence_factor: float = 25.0,
         energy_metric: str = "total_energy_mse",
-        force_metric: str = "forces_mse",
+        force_metric: Optional[str] = "forces_mse",
         monitor: str = "val0_epoch/weighted_sum",
     ) -> None:
         if not end_lr > 0.0:
@@ -176,7 +179,7 @@ class ReannTrainingSchedule(Callback):
             (f"val_metrics[{index}]", metrics)
             for index, metrics in enumerate(pl_module.val_metrics)
         ]:
-            for metric in (self.energy_metric, self.force_metric):
+            for metric in self._metrics():
                 if metric not in manager.entries:
                     raise ValueError(
                         f"`ReannTrainingSchedule` sets the coefficient of `{metric}` but "
@@ -204,6 +207,10 @@ class ReannTrainingSchedule(Callback):
             self._restored_plateau_state = None
 
     # === loss coefficients ===
+    def _metrics(self) -> List[str]:
+        """The loss entries whose coefficients the schedule sets."""
+        return [self.energy_metric] + ([] if self.force_metric is None else [self.force_metric])
+
     def force_coeff(self, lr: float) -> float:
         """REANN's force weight f(lr) for this schedule (per force component summed)."""
         return reann_force_coeff(
@@ -211,10 +218,9 @@ class ReannTrainingSchedule(Callback):
         )
 
     def _set_coeffs(self, managers, lr: float, atoms: int, frames: int) -> None:
-        coeffs = {
-            self.energy_metric: self.energy_coeff,
-            self.force_metric: self.force_coeff(lr) * 3.0 * atoms / frames,
-        }
+        coeffs = {self.energy_metric: self.energy_coeff}
+        if self.force_metric is not None:
+            coeffs[self.force_metric] = self.force_coeff(lr) * 3.0 * atoms / frames
         for manager in managers:
             # entries without a coefficient stay out of the weighted sum
             manager.set_coeffs(

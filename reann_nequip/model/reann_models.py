@@ -290,7 +290,12 @@ def ReannDipoleModel(
         stages["density"],
         {"dipole_charge": (_keys.DIPOLE_CHARGE_KEY, 1)},
     )
-    dipole = DipoleFromCharges(irreps_in=heads["dipole_charge"].irreps_out)
+    dipole = DipoleFromCharges(
+        charge_field=_keys.DIPOLE_CHARGE_KEY,
+        atomic_dipole_field=_keys.ATOMIC_DIPOLE_KEY,
+        total_dipole_field=_keys.TOTAL_DIPOLE_KEY,
+        irreps_in=heads["dipole_charge"].irreps_out,
+    )
     return SequentialGraphNetwork({**stages, **heads, "dipole": dipole})
 
 
@@ -310,7 +315,9 @@ def ReannTransitionDipoleModel(
         {"transition_dipole_heads": (_keys.TRANSITION_DIPOLE_HEADS_KEY, 3)},
     )
     transition_dipole = TransitionDipoleFromHeads(
-        irreps_in=heads["transition_dipole_heads"].irreps_out
+        heads_field=_keys.TRANSITION_DIPOLE_HEADS_KEY,
+        out_field=_keys.TRANSITION_DIPOLE_KEY,
+        irreps_in=heads["transition_dipole_heads"].irreps_out,
     )
     return SequentialGraphNetwork({**stages, **heads, "transition_dipole": transition_dipole})
 
@@ -344,7 +351,13 @@ def ReannPolarizabilityModel(
         irreps_in=heads["isotropic"].irreps_out,
     )
     heads_model = SequentialGraphNetwork({**stages, **heads, "isotropic_shift": isotropic_shift})
-    return PolarizabilityFromGradients(heads_model)
+    return PolarizabilityFromGradients(
+        heads_model,
+        potential_0_field=_keys.POLARIZABILITY_POTENTIAL_0_KEY,
+        potential_1_field=_keys.POLARIZABILITY_POTENTIAL_1_KEY,
+        isotropic_field=_keys.ATOMIC_ISOTROPIC_POLARIZABILITY_KEY,
+        out_field=_keys.POLARIZABILITY_KEY,
+    )
 
 
 _TENSOR_MODELS_DOC = f"""REANN models of tensorial properties (REANN ``start_table`` 2, 3, 4).

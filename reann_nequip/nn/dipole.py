@@ -12,8 +12,6 @@ import torch
 from nequip.data import AtomicDataDict
 from nequip.nn import GraphModuleMixin, scatter, with_edge_vectors_
 
-from .. import _keys
-
 
 def atomic_pair_dipoles(data: AtomicDataDict.Type, weights: torch.Tensor) -> torch.Tensor:
     """μ_i^(k) = Σ_{j∈N(i)} w_j^(k) r_ij for each column k of ``weights``.
@@ -44,24 +42,41 @@ def sum_over_frames(data: AtomicDataDict.Type, per_atom: torch.Tensor) -> torch.
 class DipoleFromCharges(GraphModuleMixin, torch.nn.Module):
     """μ = Σ_i Σ_{j∈N(i)} q_j r_ij (REANN ``start_table`` 2).
 
-    Reads ``dipole_charge`` [num_atoms, 1]; writes ``atomic_dipole`` [num_atoms, 3] (μ_i, what
-    REANN's exported dipole model returns) and ``total_dipole`` [num_frames, 3], in e·Å when
-    q is in e and positions in Å.
+    Reads q [num_atoms, 1]; writes μ_i [num_atoms, 3] (what REANN's exported dipole model
+    returns) and μ [num_frames, 3], in e·Å when q is in e and positions in Å.
+
+    Args:
+        charge_field (str): per-atom q_j, e.g. ``dipole_charge``
+        atomic_dipole_field (str): per-atom μ_i, e.g. ``atomic_dipole``
+        total_dipole_field (str): per-frame μ, e.g. ``total_dipole``
     """
 
-    def __init__(self, irreps_in=None):
+    charge_field: str
+    atomic_dipole_field: str
+    total_dipole_field: str
+
+    def __init__(
+        self,
+        charge_field: str,
+        atomic_dipole_field: str,
+        total_dipole_field: str,
+        irreps_in=None,
+    ):
         super().__init__()
+        self.charge_field = charge_field
+        self.atomic_dipole_field = atomic_dipole_field
+        self.total_dipole_field = total_dipole_field
         self._init_irreps(
             irreps_in=irreps_in,
-            my_irreps_in={_keys.DIPOLE_CHARGE_KEY: "0e"},
-            irreps_out={_keys.ATOMIC_DIPOLE_KEY: "1o", _keys.TOTAL_DIPOLE_KEY: "1o"},
+            my_irreps_in={charge_field: "0e"},
+            irreps_out={atomic_dipole_field: "1o", total_dipole_field: "1o"},
         )
 
     def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
         data = with_edge_vectors_(data, with_lengths=False)
-        atomic_dipole = atomic_pair_dipoles(data, data[_keys.DIPOLE_CHARGE_KEY]).squeeze(1)
-        data[_keys.ATOMIC_DIPOLE_KEY] = atomic_dipole  # [num_atoms, 3]
-        data[_keys.TOTAL_DIPOLE_KEY] = sum_over_frames(data, atomic_dipole)  # [num_frames, 3]
+        atomic_dipole = atomic_pair_dipoles(data, data[self.charge_field]).squeeze(1)
+        data[self.atomic_dipole_field] = atomic_dipole  # [num_atoms, 3]
+        data[self.total_dipole_field] = sum_over_frames(data, atomic_dipole)  # [num_frames, 3]
         return data
 
 
@@ -75,26 +90,34 @@ class TransitionDipoleFromHeads(GraphModuleMixin, torch.nn.Module):
     μ_a × μ_b is a pseudovector: the TDM rotates with proper rotations only, which suits a
     quantity whose overall sign is a phase convention anyway.
 
-    Reads ``transition_dipole_heads`` [num_atoms, 3] (a, b, c); writes ``transition_dipole``
-    [num_frames, 3].
+    Reads (a, b, c) [num_atoms, 3]; writes the TDM [num_frames, 3].
+
+    Args:
+        heads_field (str): per-atom (a_j, b_j, c_j), e.g. ``transition_dipole_heads``
+        out_field (str): per-frame TDM, e.g. ``transition_dipole``
     """
 
-    def __init__(self, irreps_in=None):
+    heads_field: str
+    out_field: str
+
+    def __init__(self, heads_field: str, out_field: str, irreps_in=None):
         super().__init__()
+        self.heads_field = heads_field
+        self.out_field = out_field
         self._init_irreps(
             irreps_in=irreps_in,
-            my_irreps_in={_keys.TRANSITION_DIPOLE_HEADS_KEY: "3x0e"},
-            irreps_out={_keys.TRANSITION_DIPOLE_KEY: None},
+            my_irreps_in={heads_field: "3x0e"},
+            irreps_out={out_field: None},
         )
 
     def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
         data = with_edge_vectors_(data, with_lengths=False)
-        heads = data[_keys.TRANSITION_DIPOLE_HEADS_KEY]  # [num_atoms, 3]
+        heads = data[self.heads_field]  # [num_atoms, 3]
         partial_dipoles = atomic_pair_dipoles(data, heads[:, :2])  # [num_atoms, 2, 3]
         dipoles = sum_over_frames(data, partial_dipoles)  # [num_frames, 2, 3]
         scale = sum_over_frames(data, heads[:, 2:].to(dipoles.dtype))  # [num_frames, 1]
         dipole_a, dipole_b = dipoles[:, 0], dipoles[:, 1]
-        data[_keys.TRANSITION_DIPOLE_KEY] = (
+        data[self.out_field] = (
             dipole_a + dipole_b + scale * torch.linalg.cross(dipole_a, dipole_b, dim=-1)
         )
         return data

@@ -21,7 +21,6 @@ import torch
 from nequip.data import AtomicDataDict
 from nequip.nn import GraphModuleMixin, scatter, with_edge_vectors_
 
-from .. import _keys
 from .dipole import sum_over_frames
 
 
@@ -52,29 +51,44 @@ def _atom_gradient(edge_gradient: torch.Tensor, edge_index: torch.Tensor, num_at
 class PolarizabilityFromGradients(GraphModuleMixin, torch.nn.Module):
     """α = A + Aᵀ + (Σ_i E2_i) I with A = Σ_n ∂E0/∂r_n ⊗ ∂E1/∂r_n + Σ_k e_k ⊗ ∂E1/∂e_k.
 
-    Wraps ``func``, the model of the three per-atom heads (``polarizability_potential_0`` E0 in
-    Å², ``polarizability_potential_1`` E1 in Å³, ``atomic_isotropic_polarizability`` E2 in Å³),
-    and differentiates E0 and E1 with respect to the edge vectors, as nequip's
-    ``ForceStressOutput`` differentiates the energy. In training mode the gradients keep their
-    graph so a loss on α trains the heads (double backpropagation).
+    Wraps ``func``, the model of the three per-atom heads (E0 in Å², E1 and E2 in Å³), and
+    differentiates E0 and E1 with respect to the edge vectors, as nequip's ``ForceStressOutput``
+    differentiates the energy. In training mode the gradients keep their graph so a loss on α
+    trains the heads (double backpropagation).
 
-    Writes ``polarizability`` [num_frames, 3, 3] in Å³ (a polarizability volume).
+    Writes α [num_frames, 3, 3] in Å³ (a polarizability volume).
 
     Args:
         func: graph module writing the three heads
+        potential_0_field (str): per-atom E0, e.g. ``polarizability_potential_0``
+        potential_1_field (str): per-atom E1, e.g. ``polarizability_potential_1``
+        isotropic_field (str): per-atom E2, e.g. ``atomic_isotropic_polarizability``
+        out_field (str): per-frame α, e.g. ``polarizability``
     """
 
-    def __init__(self, func: GraphModuleMixin):
+    potential_0_field: str
+    potential_1_field: str
+    isotropic_field: str
+    out_field: str
+
+    def __init__(
+        self,
+        func: GraphModuleMixin,
+        potential_0_field: str,
+        potential_1_field: str,
+        isotropic_field: str,
+        out_field: str,
+    ):
         super().__init__()
         self.func = func
+        self.potential_0_field = potential_0_field
+        self.potential_1_field = potential_1_field
+        self.isotropic_field = isotropic_field
+        self.out_field = out_field
         self._init_irreps(
             irreps_in=func.irreps_in.copy(),
-            my_irreps_in={
-                _keys.POLARIZABILITY_POTENTIAL_0_KEY: "0e",
-                _keys.POLARIZABILITY_POTENTIAL_1_KEY: "0e",
-                _keys.ATOMIC_ISOTROPIC_POLARIZABILITY_KEY: "0e",
-            },
-            irreps_out={**func.irreps_out, _keys.POLARIZABILITY_KEY: None},
+            my_irreps_in={potential_0_field: "0e", potential_1_field: "0e", isotropic_field: "0e"},
+            irreps_out={**func.irreps_out, out_field: None},
         )
 
     def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
@@ -91,10 +105,10 @@ class PolarizabilityFromGradients(GraphModuleMixin, torch.nn.Module):
         # === heads and their gradients ===
         data = self.func(data)
         edge_gradient_0 = _edge_gradient(
-            data[_keys.POLARIZABILITY_POTENTIAL_0_KEY], edge_vectors, True, self.training
+            data[self.potential_0_field], edge_vectors, True, self.training
         )  # [num_edges, 3]
         edge_gradient_1 = _edge_gradient(
-            data[_keys.POLARIZABILITY_POTENTIAL_1_KEY], edge_vectors, self.training, self.training
+            data[self.potential_1_field], edge_vectors, self.training, self.training
         )  # [num_edges, 3]
 
         # === A = Σ_n ∂E0/∂r_n ⊗ ∂E1/∂r_n + Σ_k e_k ⊗ ∂E1/∂e_k, per frame ===
@@ -114,10 +128,8 @@ class PolarizabilityFromGradients(GraphModuleMixin, torch.nn.Module):
 
         # === symmetric part plus the isotropic term ===
         isotropic = sum_over_frames(
-            data, data[_keys.ATOMIC_ISOTROPIC_POLARIZABILITY_KEY].to(half.dtype)
+            data, data[self.isotropic_field].to(half.dtype)
         )  # [num_frames, 1]
         identity = torch.eye(3, dtype=half.dtype, device=half.device)
-        data[_keys.POLARIZABILITY_KEY] = (
-            half + half.transpose(-1, -2) + isotropic.unsqueeze(-1) * identity
-        )
+        data[self.out_field] = half + half.transpose(-1, -2) + isotropic.unsqueeze(-1) * identity
         return data

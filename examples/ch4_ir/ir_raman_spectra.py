@@ -2,7 +2,7 @@
 polarizability models evaluated along the trajectory, spectra from autocorrelation functions,
 peaks compared with the PySCF harmonic frequencies of the training data's level of theory.
 
-Run from the repository root (about 12 minutes on 2 CPU cores):
+Run from the repository root (about 14 minutes on 2 busy CPU cores):
 
     python examples/ch4_ir/ir_raman_spectra.py
 
@@ -29,19 +29,23 @@ REPO_ROOT = HERE.parents[1]
 HARMONIC = REPO_ROOT / "examples" / "ch4" / "harmonic_frequencies.json"
 TYPE_NAMES = ["C", "H"]
 C_CM_PER_FS = 2.99792458e-5  # speed of light in cm/fs: ν̃ [cm⁻¹] = f [1/fs] / c
-MODES = [  # (label, Td symmetry, IR active, Raman active, PySCF harmonic index range)
-    ("ν4 bend", "T2", True, True, slice(0, 3)),
-    ("ν2 bend", "E", False, True, slice(3, 5)),
-    ("ν1 sym. stretch", "A1", False, True, slice(5, 6)),
-    ("ν3 asym. stretch", "T2", True, True, slice(6, 9)),
+MODES = [  # (label, Td symmetry, indices into the PySCF harmonic frequencies)
+    ("ν4 bend", "T2", slice(0, 3)),
+    ("ν2 bend", "E", slice(3, 5)),
+    ("ν1 sym. stretch", "A1", slice(5, 6)),
+    ("ν3 asym. stretch", "T2", slice(6, 9)),
 ]
-# frequency windows (cm⁻¹) in which each spectrum's peak is searched for each mode
-WINDOWS = {
-    "ν4 bend": (1000.0, 1420.0),
-    "ν2 bend": (1420.0, 1800.0),
-    "ν1 sym. stretch": (2700.0, 3085.0),
-    "ν3 asym. stretch": (3085.0, 3500.0),
+IR = "IR (dipole autocorrelation)"
+RAMAN_ISOTROPIC = "Raman, isotropic (α_iso autocorrelation)"
+RAMAN_ANISOTROPIC = "Raman, anisotropic (β autocorrelation)"
+# Td selection rules: the fundamentals each spectrum shows
+ACTIVE = {
+    IR: ["ν4 bend", "ν3 asym. stretch"],
+    RAMAN_ISOTROPIC: ["ν1 sym. stretch"],
+    RAMAN_ANISOTROPIC: ["ν4 bend", "ν2 bend", "ν3 asym. stretch"],
 }
+# bends and stretches differ in intensity by orders of magnitude: normalised separately (cm⁻¹)
+REGIONS = [(800.0, 2000.0), (2000.0, 3700.0)]
 
 
 # === (1) training ===
@@ -185,7 +189,7 @@ def evaluate(model, field: str, minimum, positions: np.ndarray, r_max: float, ch
 def spectrum(signal: np.ndarray, timestep: float, max_lag: int):
     """Power spectrum of the time derivative of ``signal`` [frames, components] from its
     autocorrelation, Hann-windowed to ``max_lag`` steps: ∝ ω² · FT⟨x(0)·x(t)⟩, the classical
-    IR line shape for x = μ. Returns (wavenumbers cm⁻¹, intensity normalised to max 1)."""
+    IR line shape for x = μ. Returns (wavenumbers cm⁻¹, intensity)."""
     derivative = np.gradient(signal, timestep, axis=0).reshape(len(signal), -1)
     derivative = derivative - derivative.mean(axis=0)
     frames = len(derivative)
@@ -194,26 +198,45 @@ def spectrum(signal: np.ndarray, timestep: float, max_lag: int):
     correlation /= frames - np.arange(max_lag)  # unbiased
     window = np.hanning(2 * max_lag)[max_lag:]
     symmetric = np.concatenate([correlation * window, np.zeros(3 * max_lag)])
-    intensity = np.fft.rfft(symmetric).real
+    intensity = np.clip(np.fft.rfft(symmetric).real, 0.0, None)
     frequency = np.fft.rfftfreq(len(symmetric), d=timestep)  # 1/fs
-    wavenumbers = frequency / C_CM_PER_FS
-    intensity = np.clip(intensity, 0.0, None)
-    return wavenumbers, intensity / intensity[wavenumbers > 500.0].max()
+    return frequency / C_CM_PER_FS, intensity
 
 
-def peak_in(wavenumbers, intensity, window, threshold: float = 0.02):
-    """The highest local maximum inside ``window`` if it stands above ``threshold``."""
-    inside = (wavenumbers >= window[0]) & (wavenumbers <= window[1])
-    if not inside.any() or intensity[inside].max() < threshold:
-        return None
-    index = np.flatnonzero(inside)[np.argmax(intensity[inside])]
-    if index in (np.flatnonzero(inside)[0], np.flatnonzero(inside)[-1]):
-        return None  # rising edge of a neighbour's peak, not a peak of its own
-    # parabolic interpolation between grid points
-    left, centre, right = intensity[index - 1 : index + 2]
-    offset = 0.5 * (left - right) / (left - 2 * centre + right)
+def normalised_by_region(wavenumbers, intensity):
+    """Intensity divided by its maximum within each of ``REGIONS``; and those factors."""
+    scaled, factors = np.zeros_like(intensity), []
+    for low, high in REGIONS:
+        inside = (wavenumbers >= low) & (wavenumbers < high)
+        factors.append(float(intensity[inside].max()))
+        scaled[inside] = intensity[inside] / factors[-1]
+    return scaled, factors
+
+
+def local_peaks(wavenumbers, scaled, threshold: float = 0.1):
+    """[(position cm⁻¹, height)] of the local maxima above ``threshold``, positions refined by
+    a parabola through the three highest grid points."""
+    peaks = []
     spacing = wavenumbers[1] - wavenumbers[0]
-    return float(wavenumbers[index] + offset * spacing)
+    for index in range(1, len(scaled) - 1):
+        left, centre, right = scaled[index - 1 : index + 2]
+        if centre > threshold and centre > left and centre >= right:
+            offset = 0.5 * (left - right) / (left - 2 * centre + right)
+            peaks.append((float(wavenumbers[index] + offset * spacing), float(centre)))
+    return peaks
+
+
+def assign_peaks(peaks, active, harmonic_by_mode, max_distance: float = 200.0):
+    """Each peak goes to the nearest active mode (by harmonic frequency) within
+    ``max_distance``; a mode keeps its highest peak, or None."""
+    assigned = {}
+    for position, height in peaks:
+        mode = min(active, key=lambda label: abs(harmonic_by_mode[label] - position))
+        if abs(harmonic_by_mode[mode] - position) > max_distance:
+            continue
+        if mode not in assigned or height > assigned[mode][1]:
+            assigned[mode] = (position, height)
+    return {mode: assigned[mode][0] if mode in assigned else None for mode in active}
 
 
 def raman_signals(polarizability: np.ndarray):
@@ -226,7 +249,7 @@ def raman_signals(polarizability: np.ndarray):
 # === (6) plot ===
 
 
-def plot(spectra, peaks, harmonic, path: pathlib.Path):
+def plot(spectra, peaks, harmonic_by_mode, path: pathlib.Path):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -234,24 +257,28 @@ def plot(spectra, peaks, harmonic, path: pathlib.Path):
 
     figure, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
     for axis, (name, (wavenumbers, intensity)) in zip(axes, spectra.items()):
-        shown = (wavenumbers > 800) & (wavenumbers < 3700)
-        axis.plot(wavenumbers[shown], intensity[shown], color="k", lw=1.0)
-        for *_, indices in MODES:
-            axis.axvline(np.mean(harmonic[indices]), color="tab:blue", ls=":", lw=0.8)
+        scaled, factors = normalised_by_region(wavenumbers, intensity)
+        shown = (wavenumbers >= REGIONS[0][0]) & (wavenumbers < REGIONS[-1][1])
+        axis.plot(wavenumbers[shown], scaled[shown], color="k", lw=1.0)
+        magnification = max(factors) / factors[0]
+        axis.text(REGIONS[0][0] + 20, 1.2, f"×{magnification:.0f}", fontsize=8, color="0.4")
+        axis.axvline(REGIONS[0][1], color="0.7", lw=0.6)
+        for position in harmonic_by_mode.values():
+            axis.axvline(position, color="tab:blue", ls=":", lw=0.8)
         for label, position in peaks[name].items():
             if position is None:
                 continue
-            height = np.interp(position, wavenumbers, intensity)
+            height = np.interp(position, wavenumbers, scaled)
             axis.annotate(
                 f"{label}\n{position:.0f}",
                 (position, height),
-                xytext=(0, 8),
+                xytext=(0, 6),
                 textcoords="offset points",
                 ha="center",
                 fontsize=8,
                 color="tab:red",
             )
-        axis.set_ylim(0, 1.35)
+        axis.set_ylim(0, 1.45)
         axis.set_ylabel("intensity (norm.)")
         axis.set_title(name, fontsize=10)
     axes[-1].set_xlabel("wavenumber (cm$^{-1}$)   dotted: PySCF harmonic (B3LYP/aug-cc-pVDZ)")
@@ -268,10 +295,10 @@ def main() -> int:
     parser.add_argument("--dipole-minutes", type=float, default=1.5)
     parser.add_argument("--polarizability-minutes", type=float, default=2.0)
     parser.add_argument("--temperature", type=float, default=300.0, help="K")
-    parser.add_argument("--trajectories", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=10000, help="per trajectory")
+    parser.add_argument("--trajectories", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=6000, help="per trajectory")
     parser.add_argument("--timestep", type=float, default=0.5, help="fs")
-    parser.add_argument("--correlation-fs", type=float, default=2000.0, help="max. lag")
+    parser.add_argument("--correlation-fs", type=float, default=1500.0, help="max. lag")
     args = parser.parse_args()
     if args.trajectories < 1 or args.steps < 100:
         parser.error("need --trajectories >= 1 and --steps >= 100")
@@ -352,19 +379,19 @@ def main() -> int:
 
     isotropic, anisotropic = zip(*(raman_signals(alpha) for alpha in polarizabilities))
     spectra = {
-        "IR (dipole autocorrelation)": averaged(dipoles),
-        "Raman, isotropic (α_iso autocorrelation)": averaged(isotropic),
-        "Raman, anisotropic (β autocorrelation)": averaged(anisotropic),
+        IR: averaged(dipoles),
+        RAMAN_ISOTROPIC: averaged(isotropic),
+        RAMAN_ANISOTROPIC: averaged(anisotropic),
     }
-    for name, (wavenumbers, intensity) in spectra.items():
-        spectra[name] = (wavenumbers, intensity / intensity[wavenumbers > 500.0].max())
-    peaks = {
-        name: {label: peak_in(wavenumbers, intensity, WINDOWS[label]) for label, *_ in MODES}
+    harmonic_by_mode = {label: float(np.mean(harmonic[indices])) for label, _, indices in MODES}
+    found = {
+        name: local_peaks(wavenumbers, normalised_by_region(wavenumbers, intensity)[0])
         for name, (wavenumbers, intensity) in spectra.items()
     }
+    peaks = {name: assign_peaks(found[name], ACTIVE[name], harmonic_by_mode) for name in spectra}
 
     # === (6) ===
-    plot(spectra, peaks, harmonic, HERE / "ch4_ir_raman.png")
+    plot(spectra, peaks, harmonic_by_mode, HERE / "ch4_ir_raman.png")
     resolution = 1.0 / (2 * max_lag * args.timestep) / C_CM_PER_FS
     results = {
         "temperature_K": args.temperature,
@@ -379,13 +406,14 @@ def main() -> int:
             "dipole": args.dipole_minutes,
             "polarizability": args.polarizability_minutes,
         },
-        "pyscf_harmonic_cm-1": {
-            label: float(np.mean(harmonic[indices])) for label, *_, indices in MODES
-        },
+        "pyscf_harmonic_cm-1": harmonic_by_mode,
         "model_harmonic_cm-1": {
-            label: float(np.mean(model_harmonic[indices])) for label, *_, indices in MODES
+            label: float(np.mean(model_harmonic[indices])) for label, _, indices in MODES
         },
         "md_peaks_cm-1": peaks,
+        "all_local_maxima_cm-1": {
+            name: [round(position, 1) for position, _ in maxima] for name, maxima in found.items()
+        },
         "training_seconds": trained - started,
         "total_seconds": time.time() - started,
     }

@@ -1,5 +1,15 @@
 """Model builders; reference them from YAML as ``_target_: reann_nequip.model.ReannModel``."""
 
-from .reann_models import ReannModel
+from .reann_models import (
+    ReannDipoleModel,
+    ReannModel,
+    ReannPolarizabilityModel,
+    ReannTransitionDipoleModel,
+)
 
-__all__ = ["ReannModel"]
+__all__ = [
+    "ReannDipoleModel",
+    "ReannModel",
+    "ReannPolarizabilityModel",
+    "ReannTransitionDipoleModel",
+]

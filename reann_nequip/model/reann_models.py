@@ -1,7 +1,9 @@
-"""``@model_builder`` functions wiring the REANN modules into nequip models."""
+"""``@model_builder`` functions wiring the REANN modules into nequip models: the energy model
+and the dipole, transition-dipole and polarizability models, all on the same REANN density."""
 
+import inspect
 import math
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from nequip.data import AtomicDataDict
 from nequip.model import model_builder
@@ -9,12 +11,21 @@ from nequip.nn import (
     AtomwiseReduce,
     ForceStressOutput,
     GraphModel,
+    GraphModuleMixin,
     PerTypeScaleShift,
     SequentialGraphNetwork,
 )
 from nequip.nn.embedding import EdgeLengthNormalizer
 
-from reann_nequip.nn import AtomicEnergyReadout, RecursiveEmbeddedDensity, SpeciesGaussianBasis
+from reann_nequip import _keys
+from reann_nequip.nn import (
+    AtomicScalarReadout,
+    DipoleFromCharges,
+    PolarizabilityFromGradients,
+    RecursiveEmbeddedDensity,
+    SpeciesGaussianBasis,
+    TransitionDipoleFromHeads,
+)
 from reann_nequip.nn.activations import ACTIVATIONS
 
 # REANN's `nl`, `nblock`, `activate`, `table_norm`, `dropout_p` (and their `oc_` twins), with the
@@ -61,33 +72,8 @@ def _network_options(name: str, options: Optional[Dict[str, Any]]) -> Dict[str, 
     return merged
 
 
-@model_builder
-def ReannModel(
-    r_max: float,
-    type_names: Sequence[str],
-    num_gaussians: int = 8,
-    l_max: int = 2,
-    num_orbitals: Optional[int] = None,
-    num_recursions: int = 1,
-    shared_mixing: bool = True,
-    energy_network: Optional[Dict[str, Any]] = None,
-    coefficient_network: Optional[Dict[str, Any]] = None,
-    gaussian_centers: Optional[List] = None,
-    gaussian_exponents: Optional[List] = None,
-    avg_num_neighbors: Optional[float] = None,
-    per_edge_type_cutoff: Optional[Dict[str, Union[float, Dict[str, float]]]] = None,
-    per_type_energy_scales: Optional[Union[float, Dict[str, float]]] = None,
-    per_type_energy_shifts: Optional[Union[float, Dict[str, float]]] = None,
-    per_type_energy_scales_trainable: bool = False,
-    per_type_energy_shifts_trainable: bool = False,
-    do_derivatives: bool = True,
-) -> GraphModel:
-    """REANN energy model (EANN when ``num_recursions`` is 0): energies, forces and stress.
-
-    Atomic energies come from per-element networks reading REANN's embedded density, scaled and
-    shifted per element; forces and stress are exact derivatives of the total energy.
-
-    Args:
+# the arguments every model takes: the REANN density and its hyperparameters
+_DENSITY_ARGS_DOC = """
         seed (int): seed for the random initialisation
         model_dtype (str): ``float32`` or ``float64`` (REANN ``dtype``)
         type_names (list[str]): element names (REANN ``atomtype``)
@@ -101,12 +87,11 @@ def ReannModel(
             EANN (default ``1``)
         shared_mixing (bool): one channel mixing for all recursion steps as in REANN v2, or one
             per step as in v1 (default ``True``)
-        energy_network (dict): energy networks, keys ``hidden`` (REANN ``nl``, default
-            ``[64, 64]``), ``num_blocks`` (``nblock``, ``1``), ``activation`` (``activate``:
-            ``relu_like``, ``tanh_like`` or ``silu``; ``relu_like``), ``layer_norm``
-            (``table_norm``, ``True``), ``dropout`` (``dropout_p``, ``0.0``)
-        coefficient_network (dict): coefficient-update networks, same keys and defaults
-            (REANN ``oc_nl``, ``oc_nblock``, ``oc_activate``, ``oc_table_norm``, ``oc_dropout_p``)
+        coefficient_network (dict): coefficient-update networks, keys ``hidden`` (REANN
+            ``oc_nl``, default ``[64, 64]``), ``num_blocks`` (``oc_nblock``, ``1``),
+            ``activation`` (``oc_activate``: ``relu_like``, ``tanh_like`` or ``silu``;
+            ``relu_like``), ``layer_norm`` (``oc_table_norm``, ``True``), ``dropout``
+            (``oc_dropout_p``, ``0.0``)
         gaussian_centers (list): initial centres in Å, [num_types][num_gaussians] (REANN
             ``rs``) or [num_gaussians] for every species (default random in [0, r_max))
         gaussian_exponents (list): initial negative exponents in Å⁻², same shapes (REANN
@@ -114,31 +99,29 @@ def ReannModel(
         avg_num_neighbors (float): initial orbital coefficients are 1/avg_num_neighbors
             (REANN uses 1/``neigh_atoms``; default ``None`` gives 1)
         per_edge_type_cutoff (dict): smaller cutoffs per element pair, as in nequip
-            (default ``None``)
-        per_type_energy_scales (float/dict): per-element energy scales (default ``None``)
-        per_type_energy_shifts (float/dict): per-element energy shifts, the energy of an
-            isolated atom (default ``None``)
-        per_type_energy_scales_trainable (bool): default ``False``
-        per_type_energy_shifts_trainable (bool): default ``False``
-        do_derivatives (bool): compute forces and stress (default ``True``)
+            (default ``None``)"""
 
-    Example::
 
-        model:
-          _target_: reann_nequip.model.ReannModel
-          seed: 123
-          model_dtype: float64
-          type_names: [C, H]
-          r_max: 5.0
-          num_gaussians: 8
-          l_max: 2
-          num_recursions: 2
-          energy_network: {hidden: [64, 64], num_blocks: 1}
-          coefficient_network: {hidden: [64, 64], num_blocks: 1}
-          avg_num_neighbors: ${training_data_stats:num_neighbors_mean}
-          per_type_energy_shifts: {C: -1027.6, H: -13.6}
-    """
+def _density_network(
+    r_max: float,
+    type_names: Sequence[str],
+    num_gaussians: int = 8,
+    l_max: int = 2,
+    num_orbitals: Optional[int] = None,
+    num_recursions: int = 1,
+    shared_mixing: bool = True,
+    coefficient_network: Optional[Dict[str, Any]] = None,
+    gaussian_centers: Optional[List] = None,
+    gaussian_exponents: Optional[List] = None,
+    avg_num_neighbors: Optional[float] = None,
+    per_edge_type_cutoff: Optional[Dict[str, Union[float, Dict[str, float]]]] = None,
+    **unknown,
+) -> Tuple[Dict[str, GraphModuleMixin], int]:
+    """The validated REANN density stages by name, and the density width M."""
     # === validate ===
+    if unknown:
+        allowed = [p for p in inspect.signature(_density_network).parameters if p != "unknown"]
+        raise TypeError(f"unknown model arguments {sorted(unknown)}; the density takes {allowed}")
     type_names = list(type_names)
     if len(type_names) == 0 or len(set(type_names)) != len(type_names):
         raise ValueError(f"`type_names` must be non-empty and unique, found {type_names}")
@@ -159,7 +142,6 @@ def ReannModel(
         raise ValueError(f"`num_orbitals` must be an integer >= 1, found {num_orbitals!r}")
     if avg_num_neighbors is not None and not avg_num_neighbors > 0:
         raise ValueError(f"`avg_num_neighbors` must be positive, found {avg_num_neighbors}")
-    energy_network = _network_options("energy_network", energy_network)
     coefficient_network = _network_options("coefficient_network", coefficient_network)
 
     # === modules ===
@@ -185,14 +167,32 @@ def ReannModel(
         coefficient_network=coefficient_network,
         irreps_in=radial_basis.irreps_out,
     )
-    atomic_energy = AtomicEnergyReadout(
-        type_names=type_names,
+    stages = {"edge_length": edge_length, "radial_basis": radial_basis, "density": density}
+    return stages, num_orbitals
+
+
+@model_builder
+def ReannModel(
+    r_max: float,
+    type_names: Sequence[str],
+    energy_network: Optional[Dict[str, Any]] = None,
+    per_type_energy_scales: Optional[Union[float, Dict[str, float]]] = None,
+    per_type_energy_shifts: Optional[Union[float, Dict[str, float]]] = None,
+    per_type_energy_scales_trainable: bool = False,
+    per_type_energy_shifts_trainable: bool = False,
+    do_derivatives: bool = True,
+    **density_options,
+) -> GraphModel:
+    stages, num_orbitals = _density_network(r_max, type_names, **density_options)
+    atomic_energy = AtomicScalarReadout(
+        type_names=list(type_names),
         num_orbitals=num_orbitals,
-        energy_network=energy_network,
-        irreps_in=density.irreps_out,
+        network=_network_options("energy_network", energy_network),
+        out_field=AtomicDataDict.PER_ATOM_ENERGY_KEY,
+        irreps_in=stages["density"].irreps_out,
     )
     scale_shift = PerTypeScaleShift(
-        type_names=type_names,
+        type_names=list(type_names),
         field=AtomicDataDict.PER_ATOM_ENERGY_KEY,
         out_field=AtomicDataDict.PER_ATOM_ENERGY_KEY,
         scales=per_type_energy_scales,
@@ -209,12 +209,197 @@ def ReannModel(
     )
     energy_model = SequentialGraphNetwork(
         {
-            "edge_length": edge_length,
-            "radial_basis": radial_basis,
-            "density": density,
+            **stages,
             "atomic_energy": atomic_energy,
             "per_type_energy_scale_shift": scale_shift,
             "total_energy_sum": total_energy,
         }
     )
     return ForceStressOutput(energy_model, do_derivatives)
+
+
+ReannModel.__doc__ = f"""REANN energy model (EANN when ``num_recursions`` is 0): energies, forces and stress.
+
+    Atomic energies come from per-element networks reading REANN's embedded density, scaled and
+    shifted per element; forces and stress are exact derivatives of the total energy.
+
+    Args:{_DENSITY_ARGS_DOC}
+        energy_network (dict): energy networks, keys ``hidden`` (REANN ``nl``, default
+            ``[64, 64]``), ``num_blocks`` (``nblock``, ``1``), ``activation`` (``activate``:
+            ``relu_like``, ``tanh_like`` or ``silu``; ``relu_like``), ``layer_norm``
+            (``table_norm``, ``True``), ``dropout`` (``dropout_p``, ``0.0``)
+        per_type_energy_scales (float/dict): per-element energy scales (default ``None``)
+        per_type_energy_shifts (float/dict): per-element energy shifts, the energy of an
+            isolated atom (default ``None``)
+        per_type_energy_scales_trainable (bool): default ``False``
+        per_type_energy_shifts_trainable (bool): default ``False``
+        do_derivatives (bool): compute forces and stress (default ``True``)
+
+    Example::
+
+        model:
+          _target_: reann_nequip.model.ReannModel
+          seed: 123
+          model_dtype: float64
+          type_names: [C, H]
+          r_max: 5.0
+          num_gaussians: 8
+          l_max: 2
+          num_recursions: 2
+          energy_network: {{hidden: [64, 64], num_blocks: 1}}
+          coefficient_network: {{hidden: [64, 64], num_blocks: 1}}
+          avg_num_neighbors: ${{training_data_stats:num_neighbors_mean}}
+          per_type_energy_shifts: {{C: -1027.6, H: -13.6}}
+    """
+
+
+def _scalar_heads(
+    type_names: Sequence[str],
+    num_orbitals: int,
+    output_network: Optional[Dict[str, Any]],
+    density: GraphModuleMixin,
+    heads: Dict[str, Tuple[str, int]],
+) -> Dict[str, GraphModuleMixin]:
+    """One independent per-element network per head: ``{name: (out_field, num_scalars)}``."""
+    network = _network_options("output_network", output_network)
+    return {
+        name: AtomicScalarReadout(
+            type_names=list(type_names),
+            num_orbitals=num_orbitals,
+            network=network,
+            out_field=out_field,
+            num_scalars=num_scalars,
+            irreps_in=density.irreps_out,
+        )
+        for name, (out_field, num_scalars) in heads.items()
+    }
+
+
+@model_builder
+def ReannDipoleModel(
+    r_max: float,
+    type_names: Sequence[str],
+    output_network: Optional[Dict[str, Any]] = None,
+    **density_options,
+) -> GraphModel:
+    stages, num_orbitals = _density_network(r_max, type_names, **density_options)
+    heads = _scalar_heads(
+        type_names,
+        num_orbitals,
+        output_network,
+        stages["density"],
+        {"dipole_charge": (_keys.DIPOLE_CHARGE_KEY, 1)},
+    )
+    dipole = DipoleFromCharges(
+        charge_field=_keys.DIPOLE_CHARGE_KEY,
+        atomic_dipole_field=_keys.ATOMIC_DIPOLE_KEY,
+        total_dipole_field=_keys.TOTAL_DIPOLE_KEY,
+        irreps_in=heads["dipole_charge"].irreps_out,
+    )
+    return SequentialGraphNetwork({**stages, **heads, "dipole": dipole})
+
+
+@model_builder
+def ReannTransitionDipoleModel(
+    r_max: float,
+    type_names: Sequence[str],
+    output_network: Optional[Dict[str, Any]] = None,
+    **density_options,
+) -> GraphModel:
+    stages, num_orbitals = _density_network(r_max, type_names, **density_options)
+    heads = _scalar_heads(
+        type_names,
+        num_orbitals,
+        output_network,
+        stages["density"],
+        {"transition_dipole_heads": (_keys.TRANSITION_DIPOLE_HEADS_KEY, 3)},
+    )
+    transition_dipole = TransitionDipoleFromHeads(
+        heads_field=_keys.TRANSITION_DIPOLE_HEADS_KEY,
+        out_field=_keys.TRANSITION_DIPOLE_KEY,
+        irreps_in=heads["transition_dipole_heads"].irreps_out,
+    )
+    return SequentialGraphNetwork({**stages, **heads, "transition_dipole": transition_dipole})
+
+
+@model_builder
+def ReannPolarizabilityModel(
+    r_max: float,
+    type_names: Sequence[str],
+    output_network: Optional[Dict[str, Any]] = None,
+    per_type_isotropic_polarizability: Union[float, Dict[str, float]] = 0.0,
+    **density_options,
+) -> GraphModel:
+    stages, num_orbitals = _density_network(r_max, type_names, **density_options)
+    heads = _scalar_heads(
+        type_names,
+        num_orbitals,
+        output_network,
+        stages["density"],
+        {
+            "potential_0": (_keys.POLARIZABILITY_POTENTIAL_0_KEY, 1),
+            "potential_1": (_keys.POLARIZABILITY_POTENTIAL_1_KEY, 1),
+            "isotropic": (_keys.ATOMIC_ISOTROPIC_POLARIZABILITY_KEY, 1),
+        },
+    )
+    # an isolated atom's isotropic polarizability is its (trainable) per-element shift
+    isotropic_shift = PerTypeScaleShift(
+        type_names=list(type_names),
+        field=_keys.ATOMIC_ISOTROPIC_POLARIZABILITY_KEY,
+        shifts=per_type_isotropic_polarizability,
+        shifts_trainable=True,
+        irreps_in=heads["isotropic"].irreps_out,
+    )
+    heads_model = SequentialGraphNetwork({**stages, **heads, "isotropic_shift": isotropic_shift})
+    return PolarizabilityFromGradients(
+        heads_model,
+        potential_0_field=_keys.POLARIZABILITY_POTENTIAL_0_KEY,
+        potential_1_field=_keys.POLARIZABILITY_POTENTIAL_1_KEY,
+        isotropic_field=_keys.ATOMIC_ISOTROPIC_POLARIZABILITY_KEY,
+        out_field=_keys.POLARIZABILITY_KEY,
+    )
+
+
+_TENSOR_MODELS_DOC = f"""REANN models of tensorial properties (REANN ``start_table`` 2, 3, 4).
+
+    All three read the REANN density (same hyperparameters as :func:`ReannModel`) through
+    per-element networks that output per-atom scalars, and build the tensor from them with
+    pair vectors r_ij = r_i − r_j + shift, so every output is translation invariant and defined
+    in periodic cells:
+
+    - ``ReannDipoleModel``: q_j; μ = Σ_i Σ_{{j∈N(i)}} q_j r_ij → ``total_dipole`` [num_frames, 3]
+      (e·Å), per atom ``atomic_dipole`` [num_atoms, 3] (μ_i, the inner sum).
+    - ``ReannTransitionDipoleModel``: (a_j, b_j, c_j) from one network; μ_a, μ_b as the dipole
+      from a and b, s = Σ c; TDM = μ_a + μ_b + s (μ_a × μ_b) → ``transition_dipole``
+      [num_frames, 3].
+    - ``ReannPolarizabilityModel``: E0, E1, E2 from three independent networks;
+      α = A + Aᵀ + (Σ E2) I with A = Σ_n ∂E0/∂r_n ⊗ ∂E1/∂r_n + Σ_pairs r ⊗ ∂E1/∂r, REANN's
+      J1ᵀJ2 with its position term written with pair vectors → ``polarizability``
+      [num_frames, 3, 3] (Å³), symmetric.
+
+    Args:{_DENSITY_ARGS_DOC}
+        output_network (dict): the per-element networks of the scalar heads, keys ``hidden``
+            (REANN ``nl``, default ``[64, 64]``), ``num_blocks`` (``nblock``, ``1``),
+            ``activation`` (``activate``; ``relu_like``), ``layer_norm`` (``table_norm``,
+            ``True``), ``dropout`` (``dropout_p``, ``0.0``)
+        per_type_isotropic_polarizability (float/dict): polarizability model only: initial
+            isotropic polarizability of each element's isolated atom in Å³, trainable (default
+            ``0.0``; the mean α_iso of the data divided by the atoms per frame starts close)
+
+    Example::
+
+        model:
+          _target_: reann_nequip.model.ReannPolarizabilityModel
+          seed: 123
+          model_dtype: float64
+          type_names: [C, H]
+          r_max: 4.0
+          num_recursions: 1
+          output_network: {{hidden: [64, 64], num_blocks: 1}}
+          coefficient_network: {{hidden: [64, 64], num_blocks: 1}}
+          avg_num_neighbors: ${{training_data_stats:num_neighbors_mean}}
+          per_type_isotropic_polarizability: 0.65
+    """
+ReannDipoleModel.__doc__ = _TENSOR_MODELS_DOC
+ReannTransitionDipoleModel.__doc__ = _TENSOR_MODELS_DOC
+ReannPolarizabilityModel.__doc__ = _TENSOR_MODELS_DOC

@@ -2,20 +2,25 @@
 ``nequip-package`` interns these files, and anything reaching lightning or hydra breaks it."""
 
 from .activations import ElementActivation
-from .atomic_energy import AtomicEnergyReadout
+from .atomic_readout import AtomicScalarReadout
+from .dipole import DipoleFromCharges, TransitionDipoleFromHeads
 from .element_networks import ElementNetworks
 from .embedded_density import CartesianMonomials, embedded_density
+from .polarizability import PolarizabilityFromGradients
 from .radial_basis import SpeciesGaussianBasis, squared_cosine_cutoff
 from .recursive_density import OrbitalCoefficientUpdate, RecursiveEmbeddedDensity
 
 __all__ = [
-    "AtomicEnergyReadout",
+    "AtomicScalarReadout",
     "CartesianMonomials",
+    "DipoleFromCharges",
     "ElementActivation",
     "ElementNetworks",
     "OrbitalCoefficientUpdate",
+    "PolarizabilityFromGradients",
     "RecursiveEmbeddedDensity",
     "SpeciesGaussianBasis",
+    "TransitionDipoleFromHeads",
     "embedded_density",
     "squared_cosine_cutoff",
 ]

@@ -2,6 +2,21 @@
 
 from .error_log import ReannErrorLog
 from .schedule import ReannTrainingSchedule, reann_force_coeff
+from .tensor_metrics import (
+    CartesianComponent,
+    RelativeRootMeanSquaredError,
+    TensorPropertyLoss,
+    TensorPropertyMetrics,
+)
 from .units import ScaledField
 
-__all__ = ["ReannErrorLog", "ReannTrainingSchedule", "ScaledField", "reann_force_coeff"]
+__all__ = [
+    "CartesianComponent",
+    "ReannErrorLog",
+    "ReannTrainingSchedule",
+    "RelativeRootMeanSquaredError",
+    "ScaledField",
+    "TensorPropertyLoss",
+    "TensorPropertyMetrics",
+    "reann_force_coeff",
+]

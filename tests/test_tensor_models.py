@@ -345,6 +345,53 @@ def test_torchscript_model_matches_eager():
     assert result.returncode == 0, result.stderr[-4000:]
 
 
+def check_deployed_tensor_models_match_eager(workdir: str) -> None:
+    """``save_deployed`` writes each tensor model; ReannCalculator returns what the model gives."""
+    import os
+
+    from reann_nequip.deploy import read_metadata, save_deployed
+    from reann_nequip.integrations.ase import ReannCalculator
+
+    paths = {}
+    for field in BUILDERS:
+        paths[field] = os.path.join(workdir, f"{field}.pth")
+        save_deployed(build(field, 2), paths[field])
+        assert read_metadata(paths[field])["output_field"] == field
+    for dipole_field in (TOTAL_DIPOLE_KEY, TRANSITION_DIPOLE_KEY):
+        calc = ReannCalculator(
+            dipole_model=paths[dipole_field], polarizability_model=paths[POLARIZABILITY_KEY]
+        )
+        for make in SYSTEMS.values():
+            atoms = make()
+            atoms.calc = calc
+            expected = {field: predict(build(field, 2), atoms)[field][0] for field in BUILDERS}
+            assert_same(calc.get_property("dipole", atoms), expected[dipole_field], "dipole")
+            assert_same(
+                calc.get_property("polarizability", atoms),
+                expected[POLARIZABILITY_KEY],
+                "polarizability",
+            )
+    try:
+        ReannCalculator(paths[TOTAL_DIPOLE_KEY])
+    except ValueError as error:
+        assert "is a `dipole` model; the energy model must be" in str(error)
+    else:
+        raise AssertionError("a dipole file must not be accepted as the energy model")
+
+
+def test_deployed_tensor_models_give_the_models_tensors_in_ase(tmp_path):
+    # in a fresh interpreter, for the reason given above
+    code = (
+        "from nequip.utils.global_state import set_global_state; set_global_state(); "
+        "from tests.test_tensor_models import check_deployed_tensor_models_match_eager as check; "
+        f"check({str(tmp_path)!r})"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
 def test_extxyz_dipole_and_polarizability_read_through_key_mapping():
     atoms = read(CH4_DATA, index=0)
     data = from_ase(

@@ -27,7 +27,6 @@ import numpy as np
 HERE = pathlib.Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
 HARMONIC = REPO_ROOT / "examples" / "ch4" / "harmonic_frequencies.json"
-TYPE_NAMES = ["C", "H"]
 C_CM_PER_FS = 2.99792458e-5  # speed of light in cm/fs: ν̃ [cm⁻¹] = f [1/fs] / c
 MODES = [  # (label, Td symmetry, indices into the PySCF harmonic frequencies)
     ("ν4 bend", "T2", slice(0, 3)),
@@ -77,28 +76,21 @@ def train(config: str, minutes: float, run_dir: pathlib.Path, retrain: bool) -> 
     return checkpoint
 
 
-def load_checkpoint_model(checkpoint: pathlib.Path):
-    """The trained model of a nequip checkpoint, in eval mode.
+def deployed_calculator(checkpoints: dict, work_dir: pathlib.Path):
+    """One ASE calculator for the three trained models, through the files ``nequip-deploy build``
+    writes (EMA weights): energy and forces for the MD, the dipole and polarizability along it."""
+    from reann_nequip.deploy import deploy
+    from reann_nequip.integrations.ase import ReannCalculator
 
-    The example's only model loader: nequip's ``load_saved_model`` (``ModelFromCheckpoint``
-    and the checkpoint's single model), EMA weights included. To be replaced by the package's
-    ASE calculator for deployed files (``reann_nequip.ase``), built on another branch.
-    """
-    from nequip.model.saved_models import load_saved_model
-    from nequip.utils.global_state import set_global_state
-
-    set_global_state()
-    return load_saved_model(str(checkpoint)).eval()
-
-
-def model_inputs(frames, r_max: float):
-    from nequip.data import AtomicDataDict, compute_neighborlist_, from_ase
-
-    from reann_nequip.data import ChemicalSpeciesToAtomTypeMapper
-
-    mapper = ChemicalSpeciesToAtomTypeMapper(model_type_names=TYPE_NAMES)
-    data = [compute_neighborlist_(mapper(from_ase(atoms)), r_max=r_max) for atoms in frames]
-    return AtomicDataDict.batched_from_list(data)
+    deployed = {}
+    for name, checkpoint in checkpoints.items():
+        deployed[name] = str(work_dir / f"{name}.pth")
+        deploy(str(checkpoint), deployed[name])
+    return ReannCalculator(
+        deployed["energy"],
+        dipole_model=deployed["dipole"],
+        polarizability_model=deployed["polarizability"],
+    )
 
 
 # === (2) minimum and harmonic frequencies of the model ===
@@ -165,22 +157,14 @@ def run_md(calculator, minimum, temperature: float, steps: int, seed: int, times
 # === (4) properties along the trajectory ===
 
 
-def evaluate(model, field: str, minimum, positions: np.ndarray, r_max: float, chunk: int = 400):
-    """``field`` of every frame, [frames, ...]."""
-    import torch
-
+def evaluate(calculator, name: str, minimum, positions: np.ndarray):
+    """The calculator's ``dipole`` or ``polarizability`` for every frame, [frames, ...]."""
+    atoms = minimum.copy()
     values = []
-    for start in range(0, len(positions), chunk):
-        frames = []
-        for frame_positions in positions[start : start + chunk]:
-            atoms = minimum.copy()
-            atoms.calc = None
-            atoms.positions = frame_positions
-            frames.append(atoms)
-        with torch.enable_grad():
-            out = model(model_inputs(frames, r_max))
-        values.append(out[field].detach().numpy())
-    return np.concatenate(values)
+    for frame_positions in positions:
+        atoms.positions = frame_positions
+        values.append(calculator.get_property(name, atoms))
+    return np.array(values)
 
 
 # === (5) spectra ===
@@ -313,11 +297,6 @@ def main() -> int:
 
     torch.set_num_threads(1)
     from ase.build import molecule
-    from nequip.data.transforms import NeighborListTransform
-    from nequip.integrations.ase import NequIPCalculator
-
-    from reann_nequip._keys import POLARIZABILITY_KEY, TOTAL_DIPOLE_KEY
-    from reann_nequip.data import ChemicalSpeciesToAtomTypeMapper
 
     # === (1) ===
     checkpoints = {
@@ -329,16 +308,7 @@ def main() -> int:
         )
     }
     trained = time.time()
-    models = {name: load_checkpoint_model(path) for name, path in checkpoints.items()}
-    r_max = {name: float(model.metadata["r_max"]) for name, model in models.items()}
-    calculator = NequIPCalculator(
-        model=models["energy"],
-        device="cpu",
-        transforms=[
-            ChemicalSpeciesToAtomTypeMapper(model_type_names=TYPE_NAMES),
-            NeighborListTransform(r_max=r_max["energy"]),
-        ],
-    )
+    calculator = deployed_calculator(checkpoints, args.work_dir)
 
     # === (2) ===
     reference = json.loads(HARMONIC.read_text())
@@ -361,18 +331,8 @@ def main() -> int:
             timestep=args.timestep,
         )
         drifts.append(drift)
-        dipoles.append(
-            evaluate(models["dipole"], TOTAL_DIPOLE_KEY, minimum, positions, r_max["dipole"])
-        )
-        polarizabilities.append(
-            evaluate(
-                models["polarizability"],
-                POLARIZABILITY_KEY,
-                minimum,
-                positions,
-                r_max["polarizability"],
-            )
-        )
+        dipoles.append(evaluate(calculator, "dipole", minimum, positions))
+        polarizabilities.append(evaluate(calculator, "polarizability", minimum, positions))
         print(f"[md] trajectory {trajectory}: energy drift {drift:.2e} eV", flush=True)
 
     # === (5): spectra averaged over trajectories ===

@@ -1,12 +1,13 @@
 """From a nequip checkpoint or package to the TorchScript file that ``pair_reann`` and ASE load."""
 
 import pathlib
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
 import torch
+from nequip.data import AtomicDataDict
 
 from .._version import __version__
-from .deployed_model import DeployedEnergyModel
+from .deployed_model import DeployedEnergyModel, DeployedTensorModel
 
 # the layout of the deployed file; pair_reann refuses files of another format
 DEPLOY_FORMAT = "1"
@@ -14,6 +15,7 @@ DEPLOY_FORMAT = "1"
 METADATA_KEYS = (
     "deploy_format",
     "model_kind",
+    "output_field",
     "type_names",
     "r_max",
     "num_recursions",
@@ -77,15 +79,31 @@ def load_trained_model(path: str, model_dtype: Optional[str] = None) -> torch.nn
     return rebuilt
 
 
-def _energy_model(graph_model: torch.nn.Module, source: str) -> Tuple[torch.nn.Module, int]:
-    """The per-atom energy part of a ``ReannModel`` (inside its ``ForceStressOutput``) and its
-    number of recursions."""
-    try:
-        energy_model = graph_model.model.func
-        num_recursions = len(energy_model.density.updates)
-    except AttributeError:
-        raise ValueError(f"`{source}` does not hold a reann_nequip energy model") from None
-    return energy_model, num_recursions
+# what a model writes → the kind of deployed file
+_TENSOR_KINDS = {
+    "total_dipole": "dipole",
+    "transition_dipole": "transition_dipole",
+    "polarizability": "polarizability",
+}
+
+
+def _density_module(graph_model: torch.nn.Module, source: str) -> torch.nn.Module:
+    """The ``RecursiveEmbeddedDensity`` inside any reann_nequip model."""
+    for name, module in graph_model.model.named_modules():
+        if name.split(".")[-1] == "density":
+            return module
+    raise ValueError(f"`{source}` does not hold a reann_nequip model (no REANN density found)")
+
+
+def _model_kind(graph_model: torch.nn.Module, source: str) -> str:
+    """``energy`` or the tensor kind of a trained reann_nequip model."""
+    outputs = set(graph_model.irreps_out)
+    kinds = [kind for field, kind in _TENSOR_KINDS.items() if field in outputs]
+    if AtomicDataDict.PER_ATOM_ENERGY_KEY in outputs and not kinds:
+        return "energy"
+    if len(kinds) == 1:
+        return kinds[0]
+    raise ValueError(f"`{source}` writes none or several of energy, {', '.join(_TENSOR_KINDS)}")
 
 
 def deployed_metadata(graph_model: torch.nn.Module, units: str, source: str) -> Dict[str, str]:
@@ -93,17 +111,23 @@ def deployed_metadata(graph_model: torch.nn.Module, units: str, source: str) -> 
     import nequip
 
     metadata = graph_model.metadata
-    energy_model, num_recursions = _energy_model(graph_model, source)
+    density = _density_module(graph_model, source)
+    kind = _model_kind(graph_model, source)
+    num_recursions = len(density.updates)
     r_max = float(metadata["r_max"])
+    output_field = {value: key for key, value in _TENSOR_KINDS.items()}.get(
+        kind, AtomicDataDict.PER_ATOM_ENERGY_KEY
+    )
     return {
         "deploy_format": DEPLOY_FORMAT,
-        "model_kind": "energy",
+        "model_kind": kind,
+        "output_field": output_field,
         "type_names": metadata["type_names"],
         "r_max": repr(r_max),
         "num_recursions": str(num_recursions),
         # K: orbital coefficients per atom, what the coefficient exchange sends per ghost and step
-        "coefficient_size": str(energy_model.density.initial_coefficients.shape[1]),
-        # an atom's energy depends on every atom within (T + 1) r_max
+        "coefficient_size": str(density.initial_coefficients.shape[1]),
+        # an atom's output depends on every atom within (T + 1) r_max
         "interaction_range": repr((num_recursions + 1) * r_max),
         "model_dtype": metadata["model_dtype"],
         "units": units,
@@ -132,9 +156,16 @@ def deploy(
 def save_deployed(
     graph_model: torch.nn.Module, output_path: str, units: str = "metal", source: str = "model"
 ) -> Dict[str, str]:
-    """Script a nequip ``GraphModel`` of a ``ReannModel`` into ``output_path``; returns the metadata."""
+    """Script a nequip ``GraphModel`` of a reann_nequip model into ``output_path``; returns the
+    metadata. Energy models get :class:`DeployedEnergyModel` (LAMMPS and ASE), tensor models
+    :class:`DeployedTensorModel` (ASE)."""
     metadata = deployed_metadata(graph_model, units, source)
-    deployed = DeployedEnergyModel(_energy_model(graph_model, source)[0]).eval()
+    if metadata["model_kind"] == "energy":
+        # the per-atom energy part, inside the ForceStressOutput
+        deployed = DeployedEnergyModel(graph_model.model.func)
+    else:
+        deployed = DeployedTensorModel(graph_model.model, metadata["output_field"])
+    deployed = deployed.eval()
     for parameter in deployed.parameters():
         parameter.requires_grad_(False)
     scripted = torch.jit.script(deployed)

@@ -139,3 +139,41 @@ class DeployedEnergyModel(torch.nn.Module):
         data = self.energy_model.atomic_energy(data)
         data = self.energy_model.per_type_energy_scale_shift(data)
         return data[AtomicDataDict.PER_ATOM_ENERGY_KEY].view(-1).to(torch.float64)
+
+
+class DeployedTensorModel(torch.nn.Module):
+    """A frame's dipole, transition dipole or polarizability from a trained tensor model, in
+    float64 at the interface, with the periodic-image convention of :class:`DeployedEnergyModel`.
+
+    Args:
+        model: the nequip module of a ``ReannDipoleModel``, ``ReannTransitionDipoleModel`` or
+            ``ReannPolarizabilityModel`` (the ``model`` of its ``GraphModel``)
+        output_field: the per-frame field it writes (``total_dipole``, ``transition_dipole``,
+            ``polarizability``)
+    """
+
+    output_field: str
+
+    def __init__(self, model: torch.nn.Module, output_field: str):
+        super().__init__()
+        self.model = model
+        self.output_field = output_field
+
+    def forward(
+        self,
+        pos: torch.Tensor,
+        atom_types: torch.Tensor,
+        edge_index: torch.Tensor,
+        shift: torch.Tensor,
+    ) -> torch.Tensor:
+        """Args as :meth:`DeployedEnergyModel.forward`. Returns the frame's tensor, float64:
+        [3] (e·Å) for dipoles, [3, 3] (Å³) for the polarizability."""
+        cell = torch.eye(3, dtype=pos.dtype, device=pos.device)
+        data: AtomicDataDict.Type = {
+            AtomicDataDict.POSITIONS_KEY: pos,
+            AtomicDataDict.ATOM_TYPE_KEY: atom_types,
+            AtomicDataDict.EDGE_INDEX_KEY: edge_index,
+            AtomicDataDict.EDGE_CELL_SHIFT_KEY: shift,
+            AtomicDataDict.CELL_KEY: cell.unsqueeze(0),
+        }
+        return self.model(data)[self.output_field][0].detach().to(torch.float64)

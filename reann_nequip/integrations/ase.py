@@ -1,6 +1,6 @@
 """ASE calculator for files written by ``nequip-deploy build``: needs torch, ASE and vesin only."""
 
-from typing import List, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -13,46 +13,106 @@ from ..deploy.build import read_metadata
 MIN_DISTANCE = 0.1
 
 
-class ReannCalculator(Calculator):
-    """Energy (eV), per-atom energies, forces (eV/Å) and stress (eV/Å³) of a deployed REANN model.
+class _DeployedFile:
+    """One deployed model with its metadata and a neighbour list at its cutoff."""
 
-    Args:
-        model_path: a file written by ``nequip-deploy build``
-        num_threads: torch intra-op threads (default: leave torch's setting)
-    """
-
-    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
-
-    def __init__(self, model_path: str, num_threads: Optional[int] = None, **kwargs):
-        super().__init__(**kwargs)
-        self.metadata = read_metadata(model_path)
-        if self.metadata["model_kind"] != "energy":
-            raise ValueError(
-                f"`{model_path}` is a `{self.metadata['model_kind']}` model; ReannCalculator needs an energy model"
-            )
-        self.model_path = model_path
-        self.model = torch.jit.load(model_path, map_location="cpu")
-        self.type_names: List[str] = self.metadata["type_names"].split()
-        self.r_max = float(self.metadata["r_max"])
-        if num_threads is not None:
-            torch.set_num_threads(num_threads)
+    def __init__(self, path: str, expected_kinds: Tuple[str, ...], role: str):
         from vesin import NeighborList
 
-        self._neighbor_list = NeighborList(cutoff=self.r_max, full_list=True)
+        self.path = path
+        self.metadata = read_metadata(path)
+        self.kind = self.metadata["model_kind"]
+        if self.kind not in expected_kinds:
+            raise ValueError(
+                f"`{path}` is a `{self.kind}` model; the {role} must be one of {expected_kinds}"
+            )
+        self.module = torch.jit.load(path, map_location="cpu")
+        self.type_names = self.metadata["type_names"].split()
+        self.neighbor_list = NeighborList(cutoff=float(self.metadata["r_max"]), full_list=True)
 
-    def _atom_types(self, atoms: Atoms) -> np.ndarray:
+    def inputs(self, atoms: Atoms):
+        """Positions, types, edges and Cartesian image shifts of ``atoms`` for this model."""
         index = {name: i for i, name in enumerate(self.type_names)}
         symbols = atoms.get_chemical_symbols()
         unknown = [(i, s) for i, s in enumerate(symbols) if s not in index]
         if unknown:
             atom, symbol = unknown[0]
             raise ValueError(
-                f"atom {atom} is {symbol}, which model `{self.model_path}` does not know "
+                f"atom {atom} is {symbol}, which model `{self.path}` does not know "
                 f"(its elements: {' '.join(self.type_names)})"
             )
-        return np.array([index[s] for s in symbols], dtype=np.int64)
+        positions = atoms.get_positions()
+        center, neighbor, shift_index, distance = self.neighbor_list.compute(
+            positions, atoms.cell.array, atoms.pbc, quantities="ijSd"
+        )
+        if distance.size and distance.min() < MIN_DISTANCE:
+            k = int(np.argmin(distance))
+            raise ValueError(
+                f"atoms {center[k]} and {neighbor[k]} are {distance[k]:.3g} Å apart "
+                f"(less than {MIN_DISTANCE} Å)"
+            )
+        shift = shift_index.astype(np.float64) @ atoms.cell.array  # [num_edges, 3] Å
+        return (
+            torch.from_numpy(positions),
+            torch.tensor([index[s] for s in symbols], dtype=torch.int64),
+            torch.from_numpy(np.stack([center, neighbor]).astype(np.int64)),
+            torch.from_numpy(shift),
+        )
 
-    def _check_geometry(self, atoms: Atoms) -> None:
+
+class ReannCalculator(Calculator):
+    """A deployed REANN energy model and, optionally, its dipole and polarizability models.
+
+    Properties: ``energy`` (eV), ``energies`` per atom, ``forces`` (eV/Å), ``stress`` (eV/Å³,
+    fully periodic cells) from ``model_path``; ``dipole`` (e·Å; a transition-dipole model may
+    stand in) from ``dipole_model``; ``polarizability`` (3×3, Å³) from ``polarizability_model``.
+
+    Args:
+        model_path: energy model written by ``nequip-deploy build`` (optional if a tensor model
+            is given)
+        dipole_model: dipole or transition-dipole model file
+        polarizability_model: polarizability model file
+        num_threads: torch intra-op threads (default: leave torch's setting)
+    """
+
+    implemented_properties = [
+        "energy",
+        "free_energy",
+        "energies",
+        "forces",
+        "stress",
+        "dipole",
+        "polarizability",
+    ]
+
+    def __init__(
+        self,
+        model_path: Optional[str] = None,
+        *,
+        dipole_model: Optional[str] = None,
+        polarizability_model: Optional[str] = None,
+        num_threads: Optional[int] = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if model_path is None and dipole_model is None and polarizability_model is None:
+            raise ValueError("ReannCalculator needs at least one deployed model file")
+        self.models: Dict[str, _DeployedFile] = {}
+        if model_path is not None:
+            self.models["energy"] = _DeployedFile(model_path, ("energy",), "energy model")
+        if dipole_model is not None:
+            self.models["dipole"] = _DeployedFile(
+                dipole_model, ("dipole", "transition_dipole"), "dipole model"
+            )
+        if polarizability_model is not None:
+            self.models["polarizability"] = _DeployedFile(
+                polarizability_model, ("polarizability",), "polarizability model"
+            )
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
+
+    @staticmethod
+    def _check_geometry(atoms: Atoms) -> None:
         positions = atoms.get_positions()
         bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))
         if bad.size:
@@ -70,36 +130,32 @@ class ReannCalculator(Calculator):
                 )
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        """Evaluates only the models whose properties are asked for (ASE clears ``results``
+        when the atoms change)."""
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
-        atom_types = self._atom_types(atoms)
         self._check_geometry(atoms)
-        positions = atoms.get_positions()
-        center, neighbor, shift_index, distance = self._neighbor_list.compute(
-            positions, atoms.cell.array, atoms.pbc, quantities="ijSd"
-        )
-        if distance.size and distance.min() < MIN_DISTANCE:
-            k = int(np.argmin(distance))
-            raise ValueError(
-                f"atoms {center[k]} and {neighbor[k]} are {distance[k]:.3g} Å apart "
-                f"(less than {MIN_DISTANCE} Å)"
+        energy_properties = {"energy", "free_energy", "energies", "forces", "stress"}
+        wants_energy = bool(energy_properties.intersection(properties))
+        if wants_energy and "energy" not in self.models:
+            raise ValueError(f"{sorted(properties)} need an energy model (`model_path`)")
+        if wants_energy:
+            inputs = self.models["energy"].inputs(atoms)
+            atomic_energy, forces, virial = self.models["energy"].module(*inputs, len(atoms))
+            energies = atomic_energy.numpy()
+            self.results.update(
+                energy=float(energies.sum()),
+                free_energy=float(energies.sum()),
+                energies=energies.copy(),
+                forces=forces.numpy().copy(),
             )
-        shift = shift_index.astype(np.float64) @ atoms.cell.array  # [num_edges, 3] Å
-        atomic_energy, forces, virial = self.model(
-            torch.from_numpy(positions),
-            torch.from_numpy(atom_types),
-            torch.from_numpy(np.stack([center, neighbor]).astype(np.int64)),
-            torch.from_numpy(shift),
-            len(atoms),
-        )
-        energies = atomic_energy.numpy()
-        self.results = {
-            "energy": float(energies.sum()),
-            "free_energy": float(energies.sum()),
-            "energies": energies.copy(),
-            "forces": forces.numpy().copy(),
-        }
-        if atoms.pbc.all():
-            # ASE: σ = (1/V) ∂E/∂ε = −W/V, in Voigt order xx yy zz yz xz xy
-            stress = -virial.numpy() / atoms.get_volume()
-            self.results["stress"] = stress.flat[[0, 4, 8, 5, 2, 1]].copy()
+            if atoms.pbc.all():
+                # ASE: σ = (1/V) ∂E/∂ε = −W/V, in Voigt order xx yy zz yz xz xy
+                stress = -virial.numpy() / atoms.get_volume()
+                self.results["stress"] = stress.flat[[0, 4, 8, 5, 2, 1]].copy()
+        for name in ("dipole", "polarizability"):
+            if name in properties:
+                if name not in self.models:
+                    raise ValueError(f"`{name}` needs a {name} model (`{name}_model`)")
+                model = self.models[name]
+                self.results[name] = model.module(*model.inputs(atoms)).numpy().copy()

@@ -8,7 +8,12 @@ from nequip.data import AtomicDataDict
 from nequip.nn import GraphModuleMixin, with_edge_vectors_
 
 from .element_networks import ElementNetworks
-from .embedded_density import CartesianMonomials, embedded_density
+from .embedded_density import (
+    CartesianMonomials,
+    embedded_density,
+    neighbor_slots,
+    to_neighbor_blocks,
+)
 
 
 class OrbitalCoefficientUpdate(torch.nn.Module):
@@ -105,27 +110,29 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
         atom_types = data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
         num_atoms = atom_types.shape[0]
 
-        # === geometry, shared by all steps ===
+        # === geometry in dense per-centre neighbour blocks, shared by all steps ===
+        slot, max_neighbors = neighbor_slots(center, num_atoms)
         vectors = data[AtomicDataDict.EDGE_VECTORS_KEY].to(self._model_dtype)
-        angular = self.monomials(vectors)  # [num_edges, C]
-        radial = data[AtomicDataDict.EDGE_EMBEDDING_KEY]  # [num_edges, K]
+        angular = to_neighbor_blocks(self.monomials(vectors), slot, num_atoms, max_neighbors)
+        angular = angular.transpose(1, 2).contiguous()  # [num_atoms, C, max_neighbors]
+        radial = to_neighbor_blocks(
+            data[AtomicDataDict.EDGE_EMBEDDING_KEY], slot, num_atoms, max_neighbors
+        )  # [num_atoms, max_neighbors, K]
+        # padding slots point at atom 0; their radial functions are zero
+        neighbor_blocks = torch.zeros(
+            num_atoms * max_neighbors, dtype=neighbor.dtype, device=neighbor.device
+        ).index_copy_(0, slot, neighbor)
 
         # === recursion ===
         coefficients = torch.index_select(self.initial_coefficients, 0, atom_types)
         step = 0
         for update in self.updates:
             density = embedded_density(
-                angular,
-                radial,
-                coefficients,
-                self._mixing_for_step(step),
-                center,
-                neighbor,
-                num_atoms,
+                angular, radial, neighbor_blocks, coefficients, self._mixing_for_step(step)
             )
             coefficients = update(coefficients, density, atom_types)
             step += 1
         data[AtomicDataDict.NODE_FEATURES_KEY] = embedded_density(
-            angular, radial, coefficients, self._mixing_for_step(step), center, neighbor, num_atoms
+            angular, radial, neighbor_blocks, coefficients, self._mixing_for_step(step)
         )
         return data

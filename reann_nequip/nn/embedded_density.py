@@ -106,25 +106,42 @@ def embedded_density(
     radial: torch.Tensor,
     neighbor: torch.Tensor,
     coefficients: torch.Tensor,
-    mixing: torch.Tensor,
+    pair_mixing: torch.Tensor,
+    pairs: torch.Tensor,
+    order: torch.Tensor,
 ) -> torch.Tensor:
     """The REANN density for given orbital coefficients, from dense neighbour blocks.
 
     The neighbour sum Σ_j of every centre is one small matrix product, [C, max_neighbors] ·
     [max_neighbors, K], so no [num_edges, C, K] tensor is ever formed; padding slots have zero
-    radial functions and add nothing.
+    radial functions and add nothing. The squared mixing is expanded as a quadratic form,
+    ρ_m = Σ_L Σ_{k≤k'} G[L]_kk' Q[L]_kk'm with G[L]_kk' = Σ_{c of order L} b_ck b_ck' (the
+    orbitals b) and Q[L]_kk'm = (2 − δ_kk') W[L]_km W[L]_k'm, so the only per-atom tensors are
+    [C, K] and [L + 1, K(K + 1)/2] instead of [C, M].
 
     Args:
         angular: [num_atoms, C, max_neighbors] weighted Cartesian monomials of the edge vectors
         radial: [num_atoms, max_neighbors, K] cutoff × Gaussians of the neighbour's species
         neighbor: [num_atoms * max_neighbors] neighbour atom in each slot (any atom in padding)
         coefficients: [num_atoms, K] orbital coefficients c_j
-        mixing: [C, K, M] channel mixing W[L(c)] expanded over components
+        pair_mixing: [(L_max + 1) · P, M] Q, P = K(K + 1)/2 pairs k ≤ k'
+        pairs: [2, P] the (k, k') of each pair
+        order: [C] L of each component
 
     Returns:
         [num_atoms, M] density ρ
     """
+    num_atoms = radial.shape[0]
     neighbor_coefficients = torch.index_select(coefficients, 0, neighbor).view_as(radial)
     orbitals = torch.bmm(angular, radial * neighbor_coefficients)  # [num_atoms, C, K]
-    mixed = torch.bmm(orbitals.transpose(0, 1), mixing)  # [C, num_atoms, M]
-    return mixed.square().sum(0)
+    products = torch.index_select(orbitals, 2, pairs[0]) * torch.index_select(
+        orbitals, 2, pairs[1]
+    )  # [num_atoms, C, P]
+    gram = torch.zeros(
+        num_atoms,
+        pair_mixing.shape[0] // pairs.shape[1],
+        pairs.shape[1],
+        dtype=products.dtype,
+        device=products.device,
+    ).index_add_(1, order, products)  # [num_atoms, L_max + 1, P]
+    return torch.mm(gram.view(num_atoms, -1), pair_mixing)

@@ -82,6 +82,12 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
         bound = math.sqrt(6.0 / (num_gaussians + num_orbitals))
         mixing = torch.empty(num_mixings, 1, num_gaussians, num_orbitals).uniform_(-bound, bound)
         self.mixing = torch.nn.Parameter(mixing.repeat(1, l_max + 1, 1, 1).contiguous())
+        pairs = torch.triu_indices(num_gaussians, num_gaussians)  # [2, P], k <= k'
+        self.register_buffer("pairs", pairs, persistent=False)
+        # an off-diagonal pair stands for both (k, k') and (k', k)
+        self.register_buffer(
+            "pair_multiplicity", (2 - (pairs[0] == pairs[1]).long()).view(1, -1, 1), persistent=False
+        )
 
         self.updates = torch.nn.ModuleList(
             [
@@ -98,10 +104,15 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
             irreps_out={AtomicDataDict.NODE_FEATURES_KEY: f"{num_orbitals}x0e"},
         )
 
-    def _mixing_for_step(self, step: int) -> torch.Tensor:
-        """W[L(c)] for every component c: [C, K, M]."""
-        index = step if self.mixing.shape[0] > 1 else 0
-        return torch.index_select(self.mixing[index], 0, self.monomials.order)
+    def _pair_mixing_for_step(self, step: int) -> torch.Tensor:
+        """Q[L]_kk'm = (2 − δ_kk') W[L]_km W[L]_k'm for k ≤ k': [(L_max + 1) · P, M]."""
+        mixing = self.mixing[step if self.mixing.shape[0] > 1 else 0]  # [L_max + 1, K, M]
+        pair_mixing = (
+            torch.index_select(mixing, 1, self.pairs[0])
+            * torch.index_select(mixing, 1, self.pairs[1])
+            * self.pair_multiplicity.to(mixing.dtype)
+        )  # [L_max + 1, P, M]
+        return pair_mixing.view(-1, mixing.shape[2])
 
     def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
         data = with_edge_vectors_(data, with_lengths=True)
@@ -128,11 +139,23 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
         step = 0
         for update in self.updates:
             density = embedded_density(
-                angular, radial, neighbor_blocks, coefficients, self._mixing_for_step(step)
+                angular,
+                radial,
+                neighbor_blocks,
+                coefficients,
+                self._pair_mixing_for_step(step),
+                self.pairs,
+                self.monomials.order,
             )
             coefficients = update(coefficients, density, atom_types)
             step += 1
         data[AtomicDataDict.NODE_FEATURES_KEY] = embedded_density(
-            angular, radial, neighbor_blocks, coefficients, self._mixing_for_step(step)
+            angular,
+            radial,
+            neighbor_blocks,
+            coefficients,
+            self._pair_mixing_for_step(step),
+            self.pairs,
+            self.monomials.order,
         )
         return data

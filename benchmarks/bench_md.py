@@ -18,7 +18,6 @@ import os
 import pathlib
 import platform
 import re
-import resource
 import subprocess
 import sys
 import tempfile

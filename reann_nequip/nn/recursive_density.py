@@ -86,7 +86,9 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
         self.register_buffer("pairs", pairs, persistent=False)
         # an off-diagonal pair stands for both (k, k') and (k', k)
         self.register_buffer(
-            "pair_multiplicity", (2 - (pairs[0] == pairs[1]).long()).view(1, -1, 1), persistent=False
+            "pair_multiplicity",
+            (2 - (pairs[0] == pairs[1]).long()).view(1, -1, 1),
+            persistent=False,
         )
 
         self.updates = torch.nn.ModuleList(

@@ -98,7 +98,8 @@ def to_neighbor_blocks(
         dtype=edge_values.dtype,
         device=edge_values.device,
     )
-    return torch.index_copy(blocks, 0, slot, edge_values).view(num_atoms, max_neighbors, -1)
+    blocks = torch.index_copy(blocks, 0, slot, edge_values)
+    return blocks.view(num_atoms, max_neighbors, edge_values.shape[1])
 
 
 def embedded_density(

@@ -202,6 +202,8 @@ def test_ghost_modes_equal_periodic_images_on_one_rank(tmp_path, mode):
         ("water_192", 3, 4, "exchange", "4 1 1"),
         ("triclinic_smaller_than_twice_cutoff", 3, 2, "exchange", "2 1 1"),
         ("triclinic_smaller_than_twice_cutoff", 1, 4, "shell", "2 2 1"),
+        # the molecule sits at x = 10 Å of 20: ranks 1 and 4 own no atom
+        ("ch4_in_large_box", 2, 4, "exchange", "4 1 1"),
     ],
 )
 def test_several_ranks_equal_one_rank(tmp_path, system, num_recursions, nprocs, mode, processors):

@@ -23,6 +23,25 @@ import torch
 from nequip.data import AtomicDataDict
 
 
+def image_graph(
+    pos: torch.Tensor,
+    atom_types: torch.Tensor,
+    edge_index: torch.Tensor,
+    shift: torch.Tensor,
+    cell: torch.Tensor,
+) -> AtomicDataDict.Type:
+    """The nequip graph of the deployed calling convention: ``cell`` [3, 3] is the identity (or
+    the identity plus a strain) and the edge "cell shifts" are the Cartesian image shifts, so that
+    nequip's r_ij = pos[j] − pos[i] + shift_ij @ cell."""
+    return {
+        AtomicDataDict.POSITIONS_KEY: pos,
+        AtomicDataDict.ATOM_TYPE_KEY: atom_types,
+        AtomicDataDict.EDGE_INDEX_KEY: edge_index,
+        AtomicDataDict.EDGE_CELL_SHIFT_KEY: shift,
+        AtomicDataDict.CELL_KEY: cell.unsqueeze(0),
+    }
+
+
 class DeployedEnergyModel(torch.nn.Module):
     """Energy, forces and virial of a trained REANN energy model, in float64 at the interface.
 
@@ -57,13 +76,7 @@ class DeployedEnergyModel(torch.nn.Module):
         symmetric_strain = 0.5 * (strain + strain.transpose(0, 1))
         # strain the image vectors exactly as the atoms: a unit "cell" carries the Cartesian shifts
         cell = torch.eye(3, dtype=pos.dtype, device=pos.device) + symmetric_strain
-        data: AtomicDataDict.Type = {
-            AtomicDataDict.POSITIONS_KEY: pos + pos @ symmetric_strain,
-            AtomicDataDict.ATOM_TYPE_KEY: atom_types,
-            AtomicDataDict.EDGE_INDEX_KEY: edge_index,
-            AtomicDataDict.EDGE_CELL_SHIFT_KEY: shift,
-            AtomicDataDict.CELL_KEY: cell.unsqueeze(0),
-        }
+        data = image_graph(pos + pos @ symmetric_strain, atom_types, edge_index, shift, cell)
         atomic_energy = self.energy_model(data)[AtomicDataDict.PER_ATOM_ENERGY_KEY]
         atomic_energy = atomic_energy.view(-1).to(torch.float64)
         local_energy = atomic_energy[:num_local].sum()
@@ -169,11 +182,5 @@ class DeployedTensorModel(torch.nn.Module):
         """Args as :meth:`DeployedEnergyModel.forward`. Returns the frame's tensor, float64:
         [3] (e·Å) for dipoles, [3, 3] (Å³) for the polarizability."""
         cell = torch.eye(3, dtype=pos.dtype, device=pos.device)
-        data: AtomicDataDict.Type = {
-            AtomicDataDict.POSITIONS_KEY: pos,
-            AtomicDataDict.ATOM_TYPE_KEY: atom_types,
-            AtomicDataDict.EDGE_INDEX_KEY: edge_index,
-            AtomicDataDict.EDGE_CELL_SHIFT_KEY: shift,
-            AtomicDataDict.CELL_KEY: cell.unsqueeze(0),
-        }
+        data = image_graph(pos, atom_types, edge_index, shift, cell)
         return self.model(data)[self.output_field][0].detach().to(torch.float64)

@@ -10,6 +10,7 @@ import yaml
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from hydra.utils import instantiate
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from omegaconf import OmegaConf
 
 from reann_nequip.cli import main as cli_main
@@ -162,6 +163,7 @@ def test_co2_ni100_config_builds_the_equivalent_model(tmp_path, capsys):
     trainer = SimpleNamespace(
         optimizers=[torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=0.001)],
         lr_scheduler_configs=[],
+        strategy=SingleDeviceStrategy(device=torch.device("cpu")),
     )
     schedule.on_train_start(trainer, SimpleNamespace(loss=loss, val_metrics=[val_metrics]))
     assert schedule.force_coeff(1e-3) == pytest.approx(50.0)  # init_f at start_lr
@@ -212,6 +214,7 @@ def test_energy_only_fit_gets_the_schedule_without_force_weights(tmp_path):
     trainer = SimpleNamespace(
         optimizers=[torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=0.001)],
         lr_scheduler_configs=[],
+        strategy=SingleDeviceStrategy(device=torch.device("cpu")),
     )
     module_stub = SimpleNamespace(loss=loss, val_metrics=[val_metrics])
     schedule.on_train_start(trainer, module_stub)

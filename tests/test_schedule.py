@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from nequip.data import AtomicDataDict
 from nequip.train import EnergyForceLoss
 
@@ -50,11 +51,29 @@ def test_bad_arguments_name_the_argument(kwargs, message):
         ReannTrainingSchedule(**kwargs)
 
 
-def _fake_training(lr, loss, val_metrics, lr_scheduler_configs=()):
-    """The trainer and module attributes the callback reads at the start of training."""
+class _OtherRank:
+    """A DDP strategy as the callback sees it, for a rank whose partner process holds
+    ``other_atoms`` atoms in ``other_frames`` frames: ``reduce`` adds the partner's counts."""
+
+    root_device = torch.device("cpu")
+
+    def __init__(self, other_atoms, other_frames):
+        self.other = torch.tensor([other_atoms, other_frames])
+
+    def reduce(self, tensor, reduce_op):
+        assert reduce_op == "sum"
+        return tensor + self.other
+
+
+def _fake_training(lr, loss, val_metrics, lr_scheduler_configs=(), strategy=None):
+    """The trainer and module attributes the callback reads in training; one process unless
+    ``strategy`` stands in for a DDP rank."""
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=lr)
     trainer = SimpleNamespace(
-        optimizers=[optimizer], lr_scheduler_configs=list(lr_scheduler_configs)
+        optimizers=[optimizer],
+        lr_scheduler_configs=list(lr_scheduler_configs),
+        strategy=SingleDeviceStrategy(device=torch.device("cpu")) if strategy is None else strategy,
+        sanity_checking=False,
     )
     module = SimpleNamespace(loss=loss, val_metrics=[val_metrics])
     return trainer, module
@@ -103,6 +122,37 @@ def test_batch_loss_is_reanns_summed_loss_up_to_one_factor_per_batch():
         assert float(weighted_mean) == pytest.approx(
             float(reann_loss) / (frames * (0.1 + f * 3 * atoms / frames)), rel=1e-10
         )
+
+
+def test_ddp_ranks_weight_their_share_of_a_batch_as_one_process_weights_the_whole():
+    """Two ranks holding frames of 3 + 5 and of 9 atoms set the coefficients one process sets
+    for the batch of all three frames, for training batches and for the validation loss."""
+    sizes, ranks = [3, 5, 9], ([3, 5], [9])
+
+    def coeffs(sizes_here, strategy):
+        schedule = ReannTrainingSchedule(
+            end_lr=1.0e-5, energy_coeff=0.1, initial_force_coeff=50.0, final_force_coeff=0.5
+        )
+        loss = EnergyForceLoss(per_atom_energy=False)
+        val_metrics = EnergyForceLoss(per_atom_energy=False)
+        trainer, module = _fake_training(START_LR, loss, val_metrics, strategy=strategy)
+        schedule.on_train_start(trainer, module)
+        batch = _frames(sizes_here, seed=0)
+        schedule.on_train_batch_start(trainer, module, batch, 0)
+        schedule.on_validation_epoch_start(trainer, module)
+        schedule.on_validation_batch_start(trainer, module, batch, 0)
+        schedule.on_validation_epoch_end(trainer, module)
+        return [
+            {name: entry.coeff for name, entry in manager.entries.items()}
+            for manager in (loss, val_metrics)
+        ]
+
+    one_process = coeffs(sizes, strategy=None)
+    for here, there in (ranks, ranks[::-1]):
+        rank = coeffs(here, strategy=_OtherRank(sum(there), len(there)))
+        assert rank == one_process
+    # the weights do depend on the frame sizes: a rank that ignored its partner would differ
+    assert coeffs(ranks[0], strategy=None) != one_process
 
 
 def test_configured_lr_scheduler_or_missing_loss_entry_is_an_error():

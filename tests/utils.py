@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 from typing import List
@@ -22,19 +23,31 @@ def model_input(atoms: Atoms, type_names: List[str], r_max: float) -> AtomicData
     return compute_neighborlist_(mapper(from_ase(atoms)), r_max=r_max)
 
 
-def run_nequip_train(*args: str, python_path: bool = False) -> subprocess.CompletedProcess:
+def run_nequip_train(
+    *args: str, python_path: bool = False, timeout: float = 900.0
+) -> subprocess.CompletedProcess:
     """``nequip-train ARGS`` from the repository root with this venv's tools; asserts success.
 
     ``python_path`` puts the repository root on PYTHONPATH (for configs naming ``tests.…``).
+    After ``timeout`` seconds the run fails and its whole process group is killed, DDP ranks
+    that nequip-train started included (a deadlocked rank would otherwise outlive the test).
     """
-    result = subprocess.run(
+    process = subprocess.Popen(
         ["nequip-train", *args],
         cwd=REPO_ROOT,
         env=_tool_environment(python_path),
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=900,
+        start_new_session=True,
     )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired as expired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        raise AssertionError(f"nequip-train ran over {timeout} s:\n{stderr[-4000:]}") from expired
+    result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     assert result.returncode == 0, result.stderr[-4000:]
     return result
 

@@ -23,7 +23,8 @@ class ReannErrorLog(Callback):
     the validation RMSE uses the weights validated (EMA weights with ``EMALightningModule``),
     both as in REANN. ``epoch`` counts from 0 as in nequip's logs and checkpoints; the learning
     rate is the one the epoch trained with. A header (title, start time, column names) opens each
-    run and ``terminated normal`` closes it; a restarted run appends to the same file.
+    run and ``terminated normal`` closes it; a restarted run appends to the same file. Under DDP
+    the errors are over the frames of all ranks and only rank 0 writes.
 
     .. code-block:: yaml
 
@@ -93,7 +94,8 @@ class ReannErrorLog(Callback):
             return
         self._validated_this_epoch = False
         # the loss's epoch means are not yet computed by the module (it does so after the
-        # callbacks); torchmetrics caches this compute() for it
+        # callbacks); torchmetrics caches this compute() for it. Under DDP compute() sums over
+        # the ranks (a collective): every rank computes, only rank 0 writes
         train = [math.sqrt(float(pl_module.loss[name].compute())) for name in self._columns]
         validation = [
             math.sqrt(pl_module.val_metrics[0].metrics_values_epoch[name]) for name in self._columns

@@ -8,7 +8,7 @@ does the same inside nequip's Lightning loop, with nequip's EMA weights and chec
 """
 
 import math
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import lightning
 import torch
@@ -48,6 +48,11 @@ class ReannTrainingSchedule(Callback):
     REANN's weighted validation loss. nequip normalises coefficients to sum to one: the loss is
     then a weighted mean, whose scale does not jump when the force weight falls (REANN's sum
     does, which skews its plateau test); the optimum and Adam's steps are unchanged.
+
+    Under DDP (``trainer.strategy: ddp``) atoms and frames are counted over all ranks: each rank
+    weights its share of a batch as one process weights the whole global batch, every rank gets
+    the same validation loss (nequip's metrics are summed over the ranks) and so takes the same
+    decisions below: learning rate, rollback and stop.
 
     After each validation, with ``loss`` the monitored validation loss (computed with the EMA
     weights when the training module is an ``EMALightningModule``):
@@ -234,7 +239,7 @@ class ReannTrainingSchedule(Callback):
         batch: AtomicDataDict.Type,
         batch_idx: int,
     ) -> None:
-        atoms, frames = _atoms_and_frames(batch)
+        atoms, frames = _summed_over_ranks(trainer, *_atoms_and_frames(batch))
         lr = trainer.optimizers[0].param_groups[0]["lr"]
         self._set_coeffs([pl_module.loss], lr, atoms, frames)
 
@@ -252,17 +257,19 @@ class ReannTrainingSchedule(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if self.start_lr is None:  # Lightning's sanity check runs before on_train_start
-            return
         atoms, frames = _atoms_and_frames(batch)
         self._val_atoms += atoms
         self._val_frames += frames
-        lr = trainer.optimizers[0].param_groups[0]["lr"]
-        self._set_coeffs(pl_module.val_metrics, lr, self._val_atoms, self._val_frames)
 
     def on_validation_epoch_end(
         self, trainer: lightning.Trainer, pl_module: NequIPLightningModule
     ) -> None:
+        # runs before the module computes the epoch's metrics, so they get these coefficients
+        if self.start_lr is None:  # Lightning's sanity check runs before on_train_start
+            return
+        atoms, frames = _summed_over_ranks(trainer, self._val_atoms, self._val_frames)
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        self._set_coeffs(pl_module.val_metrics, lr, atoms, frames)
         if not trainer.sanity_checking:
             self._validated_this_epoch = True
 
@@ -327,12 +334,20 @@ class ReannTrainingSchedule(Callback):
         self._restored_plateau_state = state_dict["plateau"]
 
 
-def _atoms_and_frames(batch: AtomicDataDict.Type):
-    """Number of atoms and of frames in a batch."""
+def _atoms_and_frames(batch: AtomicDataDict.Type) -> Tuple[int, int]:
+    """Number of atoms and of frames in a batch (on this process)."""
     return (
         int(batch[AtomicDataDict.POSITIONS_KEY].shape[0]),
         int(batch[AtomicDataDict.NUM_NODES_KEY].shape[0]),
     )
+
+
+def _summed_over_ranks(trainer: lightning.Trainer, atoms: int, frames: int) -> Tuple[int, int]:
+    """``atoms`` and ``frames`` summed over the processes of a DDP run; unchanged on one process.
+    A collective under DDP: every rank must call it at the same point."""
+    counts = torch.tensor([atoms, frames], device=trainer.strategy.root_device)
+    atoms, frames = trainer.strategy.reduce(counts, reduce_op="sum").tolist()
+    return atoms, frames
 
 
 def _validated_weights(pl_module: NequIPLightningModule) -> List[torch.Tensor]:

@@ -4,7 +4,7 @@ and one fixture per kind of malformed input."""
 import numpy as np
 import pytest
 import torch
-from nequip.data import AtomicDataDict
+from nequip.data import AtomicDataDict, from_dict
 
 from reann_nequip._keys import POLARIZABILITY_KEY, TOTAL_DIPOLE_KEY
 from reann_nequip.data import (
@@ -184,6 +184,113 @@ def test_frames_without_forces_and_last_frame_by_default(tmp_path):
     assert AtomicDataDict.FORCE_KEY not in dataset[0]
 
 
+# === the dataset keeps frames packed and builds nequip data on access ===
+
+
+def _nequip_data(frame):
+    """The reference conversion of one parsed frame to nequip data: every field of the file but
+    the masses, in its own units."""
+    data = {
+        AtomicDataDict.POSITIONS_KEY: frame.positions,
+        AtomicDataDict.CELL_KEY: frame.cell,
+        AtomicDataDict.PBC_KEY: frame.pbc,
+        AtomicDataDict.ATOMIC_NUMBERS_KEY: frame.numbers,
+    }
+    if frame.forces is not None:
+        data[AtomicDataDict.FORCE_KEY] = frame.forces
+    field, shape = {
+        "energy": (AtomicDataDict.TOTAL_ENERGY_KEY, (1, 1)),
+        "dipole": (TOTAL_DIPOLE_KEY, (1, 3)),
+        "polarizability": (POLARIZABILITY_KEY, (1, 3, 3)),
+    }[frame.property_name]
+    data[field] = frame.properties.reshape(shape)
+    return from_dict(data)
+
+
+def _assert_same_data(actual, expected, where):
+    assert sorted(actual) == sorted(expected), where
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=0, msg=where + key)
+
+
+@pytest.mark.parametrize("prop", ["energy", "dipole", "polarizability"])
+def test_dataset_equals_parsed_frames_frame_by_frame(tmp_path, prop):
+    """Frames of different sizes, elements and periodicity come back exactly as parsed, by
+    index, negative index, slice and index tensor."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    rng = np.random.default_rng(1)
+    images = _mixed_frames(rng) * 3
+    for atoms in images:
+        atoms.calc = SinglePointCalculator(
+            atoms,
+            forces=rng.normal(size=(len(atoms), 3)),
+            energy=rng.normal(),
+            dipole=rng.normal(size=3),
+        )
+        atoms.info["polarizability"] = rng.normal(size=(3, 3))
+    path = tmp_path / "configuration"
+    write_configuration(path, images, coordinates="fractional", prop=prop)
+    parsed = [_nequip_data(f) for f in iter_configuration(path, coordinates="fractional")]
+
+    dataset = ReannConfigurationDataset(path, coordinates="fractional")
+    assert len(dataset) == len(parsed) == 9
+    for index, expected in enumerate(parsed):
+        _assert_same_data(dataset[index], expected, f"frame {index}: ")
+    _assert_same_data(dataset[-1], parsed[-1], "frame -1: ")
+    for actual, expected in zip(dataset[1:8:3], parsed[1:8:3]):
+        _assert_same_data(actual, expected, "slice: ")
+    for actual, expected in zip(dataset[torch.tensor([8, 0])], [parsed[8], parsed[0]]):
+        _assert_same_data(actual, expected, "tensor index: ")
+    with pytest.raises(IndexError):
+        dataset[9]
+
+
+@needs_shared_data
+def test_dataset_of_co2_ni100_equals_parsed_frames_and_stays_packed():
+    """All 991 frames as parsed; kept in a few arrays (about 2 kB per 39-atom frame), not as
+    Python objects per frame; a frame changed in place leaves the dataset unchanged."""
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    objects_before = len(gc.get_objects())
+    tracemalloc.start()
+    dataset = ReannConfigurationDataset(
+        CO2_NI100, frames=[5, *range(991)], coordinates="fractional"
+    )
+    kept_bytes = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    gc.collect()
+    assert len(gc.get_objects()) - objects_before < 100
+    # positions and forces alone are 39 * 6 * 8 = 1872 bytes per frame
+    assert kept_bytes / len(dataset) < 2500
+
+    parsed = [_nequip_data(f) for f in iter_configuration(CO2_NI100, coordinates="fractional")]
+    assert len(dataset) == 992
+    _assert_same_data(dataset[0], parsed[5], "frame 5 first: ")
+    for index, expected in enumerate(parsed):
+        _assert_same_data(dataset[index + 1], expected, f"frame {index}: ")
+
+    frame = dataset[3]
+    frame[AtomicDataDict.POSITIONS_KEY] += 1.0
+    frame[AtomicDataDict.FORCE_KEY].zero_()
+    _assert_same_data(dataset[3], parsed[2], "after an in-place change: ")
+
+
+def test_write_configuration_streams_a_generator(tmp_path):
+    """A generator of atoms writes the same file as the list of them."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    rng = np.random.default_rng(2)
+    images = _mixed_frames(rng)
+    for atoms in images:
+        atoms.calc = SinglePointCalculator(atoms, energy=rng.normal())
+    write_configuration(tmp_path / "list", images, coordinates="fractional")
+    write_configuration(tmp_path / "generator", (a for a in images), coordinates="fractional")
+    assert (tmp_path / "generator").read_text() == (tmp_path / "list").read_text()
+
+
 # === malformed input: one fixture per defect, each error names file and line ===
 
 GOOD_FRAME = [
@@ -245,8 +352,9 @@ def test_malformed_file_raises_naming_file_and_line(tmp_path, name):
     assert error.value.line == line
     assert str(error.value).startswith(f"{path}, line {line}: ")
     # the dataset and the ASE-style reader stop on it too, even when the frame is not selected
-    with pytest.raises(ConfigurationFormatError):
+    with pytest.raises(ConfigurationFormatError) as dataset_error:
         ReannConfigurationDataset(path, frames=":1", coordinates="cartesian")
+    assert str(dataset_error.value) == str(error.value)
     with pytest.raises(ConfigurationFormatError):
         read_configuration(path, 0, coordinates="cartesian")
 

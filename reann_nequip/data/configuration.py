@@ -26,7 +26,7 @@ and the line; nothing is skipped.
 import dataclasses
 import math
 import os
-from typing import IO, Iterator, List, Optional, Sequence, Union
+from typing import IO, Iterable, Iterator, List, Optional, Sequence, Union
 
 import ase
 import ase.data
@@ -345,13 +345,14 @@ def _format_row(values) -> str:
 
 
 def write_frames(
-    path: Union[str, os.PathLike], frames: Sequence[ReannFrame], coordinates: str
+    path: Union[str, os.PathLike], frames: Iterable[ReannFrame], coordinates: str
 ) -> None:
     """Write frames to a ``configuration`` file; numbers keep full float64 precision.
 
     Args:
         path: the file (overwritten)
-        frames: the frames, in the units wanted in the file
+        frames: the frames, in the units wanted in the file; written as they come, so a
+            generator is written with the memory of one frame
         coordinates (str): ``cartesian`` or ``fractional`` (REANN ``table_coor`` 0 or 1)
     """
     _check_coordinates(coordinates)
@@ -399,7 +400,7 @@ def read_configuration(
 
 def write_configuration(
     path: Union[str, os.PathLike],
-    images: Union[ase.Atoms, Sequence[ase.Atoms]],
+    images: Union[ase.Atoms, Iterable[ase.Atoms]],
     coordinates: str = "cartesian",
     prop: str = "energy",
 ) -> None:
@@ -407,19 +408,20 @@ def write_configuration(
 
     Args:
         path: the file (overwritten)
-        images: ``ase.Atoms`` or a list of them; energies, forces and dipoles from their
-            calculators (dipole also from ``info["total_dipole"]``), polarizability from
-            ``info["polarizability"]`` ([3, 3] or 9 values)
+        images: ``ase.Atoms`` or an iterable of them (a generator is written one frame at a
+            time); energies, forces and dipoles from their calculators (dipole also from
+            ``info["total_dipole"]``), polarizability from ``info["polarizability"]`` ([3, 3] or
+            9 values)
         coordinates (str): ``cartesian`` or ``fractional`` (default ``cartesian``)
         prop (str): what ``abprop:`` holds: ``energy``, ``dipole`` or ``polarizability``
             (default ``energy``)
     """
     if isinstance(images, ase.Atoms):
         images = [images]
-    frames = [
+    frames = (
         ReannFrame.from_atoms(atoms, prop, header=atoms.info.get("header", f"point= {i + 1}"))
         for i, atoms in enumerate(images)
-    ]
+    )
     write_frames(path, frames, coordinates)
 
 

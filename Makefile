@@ -46,7 +46,7 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-## benchmark: REANN vs NequIP speed and memory on 192-atom water (needs ../shared/data)
+## benchmark: REANN vs NequIP speed and memory on water, eager and deployed (needs ../shared/data)
 benchmark: install
 	$(BIN)/python benchmarks/bench_water.py --data ../shared/data/water_deepmd
 

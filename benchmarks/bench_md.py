@@ -27,6 +27,15 @@ import numpy as np
 
 BIN = pathlib.Path(sys.executable).parent
 TYPE_NAMES = ["O", "H"]
+R_MAX = 5.0
+# the default REANN model of the benchmarks: REANN's own example hyperparameters, 108 orbitals
+REANN_OPTIONS = {
+    "num_gaussians": 8,
+    "l_max": 2,
+    "num_recursions": 3,
+    "energy_network": {"hidden": [64, 64]},
+    "coefficient_network": {"hidden": [64, 64]},
+}
 # replications of the 192-atom box for each size
 REPLICAS = {192: (1, 1, 1), 1536: (2, 2, 2), 12288: (4, 4, 4), 24576: (4, 4, 8)}
 # a (T + 1) r_max + skin = 22 Å ghost shell holds far more atoms than a rank owns: 7 GB per rank
@@ -61,12 +70,8 @@ def deploy_default_models(workdir: pathlib.Path, dtypes: List[str]) -> Dict[str,
             seed=0,
             model_dtype=dtype,
             type_names=TYPE_NAMES,
-            r_max=5.0,
-            num_gaussians=8,
-            l_max=2,
-            num_recursions=3,
-            energy_network={"hidden": [64, 64]},
-            coefficient_network={"hidden": [64, 64]},
+            r_max=R_MAX,
+            **REANN_OPTIONS,
             per_type_energy_shifts={"O": -430.0, "H": -13.6},
         )
         # the same weights in every dtype; a small perturbation gives non-trivial forces

@@ -8,7 +8,12 @@ from nequip.data import AtomicDataDict
 from nequip.nn import GraphModuleMixin, with_edge_vectors_
 
 from .element_networks import ElementNetworks
-from .embedded_density import CartesianMonomials, embedded_density
+from .embedded_density import (
+    CartesianMonomials,
+    embedded_density,
+    neighbor_slots,
+    to_neighbor_blocks,
+)
 
 
 class OrbitalCoefficientUpdate(torch.nn.Module):
@@ -77,6 +82,14 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
         bound = math.sqrt(6.0 / (num_gaussians + num_orbitals))
         mixing = torch.empty(num_mixings, 1, num_gaussians, num_orbitals).uniform_(-bound, bound)
         self.mixing = torch.nn.Parameter(mixing.repeat(1, l_max + 1, 1, 1).contiguous())
+        pairs = torch.triu_indices(num_gaussians, num_gaussians)  # [2, P], k <= k'
+        self.register_buffer("pairs", pairs, persistent=False)
+        # an off-diagonal pair stands for both (k, k') and (k', k)
+        self.register_buffer(
+            "pair_multiplicity",
+            (2 - (pairs[0] == pairs[1]).long()).view(1, -1, 1),
+            persistent=False,
+        )
 
         self.updates = torch.nn.ModuleList(
             [
@@ -93,19 +106,40 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
             irreps_out={AtomicDataDict.NODE_FEATURES_KEY: f"{num_orbitals}x0e"},
         )
 
-    def _mixing_for_step(self, step: int) -> torch.Tensor:
-        """W[L(c)] for every component c: [C, K, M]."""
-        index = step if self.mixing.shape[0] > 1 else 0
-        return torch.index_select(self.mixing[index], 0, self.monomials.order)
+    def _pair_mixing_for_step(self, step: int) -> torch.Tensor:
+        """Q[L]_kk'm = (2 − δ_kk') W[L]_km W[L]_k'm for k ≤ k': [(L_max + 1) · P, M]."""
+        mixing = self.mixing[step if self.mixing.shape[0] > 1 else 0]  # [L_max + 1, K, M]
+        pair_mixing = (
+            torch.index_select(mixing, 1, self.pairs[0])
+            * torch.index_select(mixing, 1, self.pairs[1])
+            * self.pair_multiplicity.to(mixing.dtype)
+        )  # [L_max + 1, P, M]
+        return pair_mixing.view(-1, mixing.shape[2])
 
     # === stages, used by forward and one at a time by pair_reann's coefficient exchange ===
 
-    def geometry(self, data: AtomicDataDict.Type) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Angular monomials [num_edges, C] and radial functions [num_edges, K] of every edge,
-        shared by all recursion steps."""
+    def geometry(
+        self, data: AtomicDataDict.Type, num_centers: int
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The edges as dense per-centre neighbour blocks, shared by all recursion steps:
+        angular monomials [num_centers, C, max_neighbors], radial functions
+        [num_centers, max_neighbors, K] and the neighbour atom of each slot
+        [num_centers · max_neighbors]. Every edge centre must be below ``num_centers``."""
         data = with_edge_vectors_(data, with_lengths=True)
+        edge_index = data[AtomicDataDict.EDGE_INDEX_KEY]
+        center, neighbor = edge_index[0], edge_index[1]
+        slot, max_neighbors = neighbor_slots(center, num_centers)
         vectors = data[AtomicDataDict.EDGE_VECTORS_KEY].to(self._model_dtype)
-        return self.monomials(vectors), data[AtomicDataDict.EDGE_EMBEDDING_KEY]
+        angular = to_neighbor_blocks(self.monomials(vectors), slot, num_centers, max_neighbors)
+        angular = angular.transpose(1, 2).contiguous()  # [num_centers, C, max_neighbors]
+        radial = to_neighbor_blocks(
+            data[AtomicDataDict.EDGE_EMBEDDING_KEY], slot, num_centers, max_neighbors
+        )  # [num_centers, max_neighbors, K]
+        # padding slots point at atom 0; their radial functions are zero
+        neighbor_blocks = torch.zeros(
+            num_centers * max_neighbors, dtype=neighbor.dtype, device=neighbor.device
+        ).index_copy_(0, slot, neighbor)
+        return angular, radial, neighbor_blocks
 
     def initial_coefficients_of(self, atom_types: torch.Tensor) -> torch.Tensor:
         """c⁽⁰⁾ [num_atoms, K] by element."""
@@ -116,20 +150,19 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
         step: int,
         angular: torch.Tensor,
         radial: torch.Tensor,
+        neighbor_blocks: torch.Tensor,
         coefficients: torch.Tensor,
-        edge_index: torch.Tensor,
-        num_centers: int,
     ) -> torch.Tensor:
-        """ρ⁽ᵗ⁾ [num_centers, M] of atoms 0..num_centers−1 (every edge centre must be one of them)
-        from the coefficients c⁽ᵗ⁾ [num_atoms, K] of all atoms."""
+        """ρ⁽ᵗ⁾ [num_centers, M] of the centres of the blocks from the coefficients c⁽ᵗ⁾
+        [num_atoms, K] of all atoms."""
         return embedded_density(
             angular,
             radial,
+            neighbor_blocks,
             coefficients,
-            self._mixing_for_step(step),
-            edge_index[0],
-            edge_index[1],
-            num_centers,
+            self._pair_mixing_for_step(step),
+            self.pairs,
+            self.monomials.order,
         )
 
     def update_at_step(
@@ -142,20 +175,16 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
         raise RuntimeError(f"no coefficient update for step {step}")
 
     def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
-        edge_index = data[AtomicDataDict.EDGE_INDEX_KEY]
         atom_types = data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
-        num_atoms = atom_types.shape[0]
-        angular, radial = self.geometry(data)  # [num_edges, C], [num_edges, K]
+        angular, radial, neighbor_blocks = self.geometry(data, atom_types.shape[0])
 
         coefficients = self.initial_coefficients_of(atom_types)
         step = 0
         for update in self.updates:
-            density = self.density_at_step(
-                step, angular, radial, coefficients, edge_index, num_atoms
-            )
+            density = self.density_at_step(step, angular, radial, neighbor_blocks, coefficients)
             coefficients = update(coefficients, density, atom_types)
             step += 1
         data[AtomicDataDict.NODE_FEATURES_KEY] = self.density_at_step(
-            step, angular, radial, coefficients, edge_index, num_atoms
+            step, angular, radial, neighbor_blocks, coefficients
         )
         return data

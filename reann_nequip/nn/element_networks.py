@@ -12,6 +12,7 @@ from typing import List, Optional
 import torch
 
 from .activations import ElementActivation
+from .graph_capture import capturing_graph
 
 
 class ElementLinear(torch.nn.Module):
@@ -196,6 +197,12 @@ class ElementNetworks(torch.nn.Module):
     def forward(self, x: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:
         """``x``: [num_atoms, in_features]; ``atom_types``: [num_atoms] → [num_atoms, out]."""
         out = torch.zeros(x.shape[0], self.out_features, dtype=x.dtype, device=x.device)
+        if capturing_graph():
+            # static shapes: every atom through every element's network, its own one kept
+            for element in range(self.num_types):
+                own = (atom_types == element).unsqueeze(-1)  # [num_atoms, 1]
+                out = torch.where(own, self.element_forward(x, element), out)
+            return out
         for element in range(self.num_types):
             atoms = torch.nonzero(atom_types == element).view(-1)
             y = self.element_forward(torch.index_select(x, 0, atoms), element)

@@ -76,9 +76,10 @@ def neighbor_slots(center: torch.Tensor, num_atoms: int) -> Tuple[torch.Tensor, 
         the flat slot of every edge [num_edges], and ``max_neighbors``
     """
     num_edges = center.shape[0]
-    neighbors_per_atom = torch.bincount(center, minlength=num_atoms)  # [num_atoms]
-    # a rank of a parallel run may own no atoms
-    max_neighbors = int(neighbors_per_atom.max()) if num_atoms > 0 else 0
+    # one spare bin, always empty: a rank of a parallel run may own no atoms, a graph no edges
+    counts = torch.bincount(center, minlength=num_atoms + 1)
+    neighbors_per_atom = counts[:num_atoms]  # [num_atoms]
+    max_neighbors = int(counts.max())
     by_center = torch.argsort(center, stable=True)  # [num_edges]
     first_edge = torch.cumsum(neighbors_per_atom, 0) - neighbors_per_atom  # [num_atoms]
     sorted_center = torch.index_select(center, 0, by_center)
@@ -103,29 +104,64 @@ def to_neighbor_blocks(
     return blocks.view(num_atoms, max_neighbors, edge_values.shape[1])
 
 
-def embedded_density(
-    angular: torch.Tensor,
-    radial: torch.Tensor,
-    neighbor: torch.Tensor,
-    coefficients: torch.Tensor,
-    pair_mixing: torch.Tensor,
-    pairs: torch.Tensor,
-    order: torch.Tensor,
+def block_orbitals(
+    angular: torch.Tensor, radial: torch.Tensor, neighbor: torch.Tensor, coefficients: torch.Tensor
 ) -> torch.Tensor:
-    """The REANN density for given orbital coefficients, from dense neighbour blocks.
-
-    The neighbour sum Σ_j of every centre is one small matrix product, [C, max_neighbors] ·
-    [max_neighbors, K], so no [num_edges, C, K] tensor is ever formed; padding slots have zero
-    radial functions and add nothing. The squared mixing is expanded as a quadratic form,
-    ρ_m = Σ_L Σ_{k≤k'} G[L]_kk' Q[L]_kk'm with G[L]_kk' = Σ_{c of order L} b_ck b_ck' (the
-    orbitals b) and Q[L]_kk'm = (2 − δ_kk') W[L]_km W[L]_k'm, so the only per-atom tensors are
-    [C, K] and [L + 1, K(K + 1)/2] instead of [C, M].
+    """The orbitals b_ck = Σ_j A_c(r_ij) R_k(r_ij) c_jk of every centre from dense neighbour
+    blocks: one small matrix product per centre, [C, max_neighbors] · [max_neighbors, K], so no
+    [num_edges, C, K] tensor is formed; padding slots have zero radial functions.
 
     Args:
         angular: [num_atoms, C, max_neighbors] weighted Cartesian monomials of the edge vectors
         radial: [num_atoms, max_neighbors, K] cutoff × Gaussians of the neighbour's species
         neighbor: [num_atoms * max_neighbors] neighbour atom in each slot (any atom in padding)
-        coefficients: [num_atoms, K] orbital coefficients c_j
+        coefficients: [num_atoms_all, K] orbital coefficients c_j
+
+    Returns:
+        [num_atoms, C, K]
+    """
+    neighbor_coefficients = torch.index_select(coefficients, 0, neighbor).view_as(radial)
+    return torch.bmm(angular, radial * neighbor_coefficients)
+
+
+def edge_orbitals(
+    angular: torch.Tensor,
+    radial: torch.Tensor,
+    edge_index: torch.Tensor,
+    coefficients: torch.Tensor,
+    num_atoms: int,
+) -> torch.Tensor:
+    """The orbitals of :func:`block_orbitals` summed edge by edge, for graph capture
+    (``nequip-compile``), where the data-dependent block width is not allowed.
+
+    Args:
+        angular: [num_edges, C], radial: [num_edges, K], edge_index: [2, num_edges]
+        coefficients: [num_atoms_all, K]
+        num_atoms: number of centres
+
+    Returns:
+        [num_atoms, C, K]
+    """
+    num_components, num_gaussians = angular.shape[1], radial.shape[1]
+    weighted = radial * torch.index_select(coefficients, 0, edge_index[1])  # [num_edges, K]
+    per_edge = (angular.unsqueeze(2) * weighted.unsqueeze(1)).flatten(1)  # [num_edges, C * K]
+    summed = torch.zeros(
+        num_atoms, num_components * num_gaussians, dtype=per_edge.dtype, device=per_edge.device
+    ).index_add_(0, edge_index[0], per_edge)
+    return summed.view(num_atoms, num_components, num_gaussians)
+
+
+def embedded_density(
+    orbitals: torch.Tensor, pair_mixing: torch.Tensor, pairs: torch.Tensor, order: torch.Tensor
+) -> torch.Tensor:
+    """The REANN density ρ_m = Σ_L Σ_{c of order L} (Σ_k b_ck W[L]_km)² of given orbitals.
+
+    The squared mixing is expanded as a quadratic form, ρ_m = Σ_L Σ_{k≤k'} G[L]_kk' Q[L]_kk'm
+    with G[L]_kk' = Σ_{c of order L} b_ck b_ck' and Q[L]_kk'm = (2 − δ_kk') W[L]_km W[L]_k'm,
+    so the only per-atom tensors are [C, K] and [L + 1, K(K + 1)/2] instead of [C, M].
+
+    Args:
+        orbitals: [num_atoms, C, K] b
         pair_mixing: [(L_max + 1) · P, M] Q, P = K(K + 1)/2 pairs k ≤ k'
         pairs: [2, P] the (k, k') of each pair
         order: [C] L of each component
@@ -133,17 +169,31 @@ def embedded_density(
     Returns:
         [num_atoms, M] density ρ
     """
-    num_atoms = radial.shape[0]
-    neighbor_coefficients = torch.index_select(coefficients, 0, neighbor).view_as(radial)
-    orbitals = torch.bmm(angular, radial * neighbor_coefficients)  # [num_atoms, C, K]
     products = torch.index_select(orbitals, 2, pairs[0]) * torch.index_select(
         orbitals, 2, pairs[1]
     )  # [num_atoms, C, P]
     gram = torch.zeros(
-        num_atoms,
+        orbitals.shape[0],
         pair_mixing.shape[0] // pairs.shape[1],
         pairs.shape[1],
         dtype=products.dtype,
         device=products.device,
     ).index_add_(1, order, products)  # [num_atoms, L_max + 1, P]
     return torch.mm(gram.flatten(1), pair_mixing)
+
+
+def direct_embedded_density(orbitals: torch.Tensor, mixing: torch.Tensor) -> torch.Tensor:
+    """The density of :func:`embedded_density` as written, ρ_m = Σ_c (Σ_k b_ck W[L(c)]_km)².
+
+    Used under graph capture: Inductor (torch 2.13) compiles the Gram form into multithreaded
+    CPU kernels that corrupt memory, while this form compiles correctly. It forms a
+    [C, num_atoms, M] intermediate, so it is slower in eager runs.
+
+    Args:
+        orbitals: [num_atoms, C, K] b
+        mixing: [C, K, M] W[L(c)] of every component
+
+    Returns:
+        [num_atoms, M] density ρ
+    """
+    return torch.bmm(orbitals.transpose(0, 1), mixing).square().sum(0)

@@ -10,10 +10,14 @@ from nequip.nn import GraphModuleMixin, with_edge_vectors_
 from .element_networks import ElementNetworks
 from .embedded_density import (
     CartesianMonomials,
+    block_orbitals,
+    direct_embedded_density,
+    edge_orbitals,
     embedded_density,
     neighbor_slots,
     to_neighbor_blocks,
 )
+from .graph_capture import capturing_graph
 
 
 class OrbitalCoefficientUpdate(torch.nn.Module):
@@ -125,21 +129,29 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
         angular monomials [num_centers, C, max_neighbors], radial functions
         [num_centers, max_neighbors, K] and the neighbour atom of each slot
         [num_centers · max_neighbors]. Every edge centre must be below ``num_centers``."""
-        data = with_edge_vectors_(data, with_lengths=True)
-        edge_index = data[AtomicDataDict.EDGE_INDEX_KEY]
-        center, neighbor = edge_index[0], edge_index[1]
-        slot, max_neighbors = neighbor_slots(center, num_centers)
-        vectors = data[AtomicDataDict.EDGE_VECTORS_KEY].to(self._model_dtype)
-        angular = to_neighbor_blocks(self.monomials(vectors), slot, num_centers, max_neighbors)
+        angular, radial, edge_index = self.edge_geometry(data)
+        slot, max_neighbors = neighbor_slots(edge_index[0], num_centers)
+        angular = to_neighbor_blocks(angular, slot, num_centers, max_neighbors)
         angular = angular.transpose(1, 2).contiguous()  # [num_centers, C, max_neighbors]
-        radial = to_neighbor_blocks(
-            data[AtomicDataDict.EDGE_EMBEDDING_KEY], slot, num_centers, max_neighbors
-        )  # [num_centers, max_neighbors, K]
+        radial = to_neighbor_blocks(radial, slot, num_centers, max_neighbors)
         # padding slots point at atom 0; their radial functions are zero
         neighbor_blocks = torch.zeros(
-            num_centers * max_neighbors, dtype=neighbor.dtype, device=neighbor.device
-        ).index_copy_(0, slot, neighbor)
+            num_centers * max_neighbors, dtype=edge_index.dtype, device=edge_index.device
+        ).index_copy_(0, slot, edge_index[1])
         return angular, radial, neighbor_blocks
+
+    def edge_geometry(
+        self, data: AtomicDataDict.Type
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Angular monomials [num_edges, C], radial functions [num_edges, K] and the
+        ``edge_index`` [2, num_edges] of every edge."""
+        data = with_edge_vectors_(data, with_lengths=True)
+        vectors = data[AtomicDataDict.EDGE_VECTORS_KEY].to(self._model_dtype)
+        return (
+            self.monomials(vectors),
+            data[AtomicDataDict.EDGE_EMBEDDING_KEY],
+            data[AtomicDataDict.EDGE_INDEX_KEY],
+        )
 
     def initial_coefficients_of(self, atom_types: torch.Tensor) -> torch.Tensor:
         """c⁽⁰⁾ [num_atoms, K] by element."""
@@ -150,19 +162,22 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
         step: int,
         angular: torch.Tensor,
         radial: torch.Tensor,
-        neighbor_blocks: torch.Tensor,
+        neighbors: torch.Tensor,
         coefficients: torch.Tensor,
     ) -> torch.Tensor:
-        """ρ⁽ᵗ⁾ [num_centers, M] of the centres of the blocks from the coefficients c⁽ᵗ⁾
-        [num_atoms, K] of all atoms."""
-        return embedded_density(
-            angular,
-            radial,
-            neighbor_blocks,
-            coefficients,
-            self._pair_mixing_for_step(step),
-            self.pairs,
-            self.monomials.order,
+        """ρ⁽ᵗ⁾ [num_centers, M] from the coefficients c⁽ᵗ⁾ [num_atoms, K] of all atoms, on the
+        neighbour blocks of :meth:`geometry` (``neighbors`` [num_centers · max_neighbors]) or
+        the edges of :meth:`edge_geometry` (``neighbors`` = ``edge_index`` [2, num_edges],
+        centres = all atoms)."""
+        if neighbors.dim() == 1:
+            orbitals = block_orbitals(angular, radial, neighbors, coefficients)
+            return embedded_density(
+                orbitals, self._pair_mixing_for_step(step), self.pairs, self.monomials.order
+            )
+        orbitals = edge_orbitals(angular, radial, neighbors, coefficients, coefficients.shape[0])
+        mixing = self.mixing[step if self.mixing.shape[0] > 1 else 0]  # [L_max + 1, K, M]
+        return direct_embedded_density(
+            orbitals, torch.index_select(mixing, 0, self.monomials.order)
         )
 
     def update_at_step(
@@ -176,15 +191,18 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
 
     def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
         atom_types = data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
-        angular, radial, neighbor_blocks = self.geometry(data, atom_types.shape[0])
+        if capturing_graph():
+            angular, radial, neighbors = self.edge_geometry(data)
+        else:
+            angular, radial, neighbors = self.geometry(data, atom_types.shape[0])
 
         coefficients = self.initial_coefficients_of(atom_types)
         step = 0
         for update in self.updates:
-            density = self.density_at_step(step, angular, radial, neighbor_blocks, coefficients)
+            density = self.density_at_step(step, angular, radial, neighbors, coefficients)
             coefficients = update(coefficients, density, atom_types)
             step += 1
         data[AtomicDataDict.NODE_FEATURES_KEY] = self.density_at_step(
-            step, angular, radial, neighbor_blocks, coefficients
+            step, angular, radial, neighbors, coefficients
         )
         return data

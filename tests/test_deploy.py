@@ -281,7 +281,9 @@ def test_coefficient_exchange_stages_equal_periodic_model():
         )
 
     # === forward, one stage at a time ===
-    angular, radial = deployed.exchange_geometry(positions, atom_types, edges)
+    angular, radial, neighbor_blocks = deployed.exchange_geometry(
+        positions, atom_types, edges, num_local
+    )
     angular_leaf = angular.detach().requires_grad_(True)
     radial_leaf = radial.detach().requires_grad_(True)
     coefficients = deployed.exchange_initial_coefficients(atom_types)
@@ -289,14 +291,14 @@ def test_coefficient_exchange_stages_equal_periodic_model():
     for step in range(num_recursions):
         leaf = coefficients.detach().requires_grad_(True)
         local_next = deployed.exchange_step(
-            step, angular_leaf, radial_leaf, leaf, edges, atom_types, num_local
+            step, angular_leaf, radial_leaf, neighbor_blocks, leaf, atom_types
         )
         leaves.append(leaf)
         outputs.append(local_next)
         coefficients = to_ghosts(local_next.detach())
     leaf = coefficients.detach().requires_grad_(True)
     atomic_energy = deployed.exchange_energy(
-        angular_leaf, radial_leaf, leaf, edges, atom_types, num_local
+        angular_leaf, radial_leaf, neighbor_blocks, leaf, atom_types
     )
     np.testing.assert_allclose(atomic_energy.detach(), energies, rtol=1e-12)
 

@@ -4,6 +4,8 @@ The reference below walks atom by atom and pair by pair, enumerates periodic ima
 force, builds all 3^L *ordered* Cartesian products (as REANN does, where the model keeps only
 the distinct monomials), mixes, squares, recurses and evaluates the element networks neuron by
 neuron from the model's own parameters. Everything is float64 and must agree to 1e-10.
+The model has two forms, dense neighbour blocks (eager, TorchScript) and edge lists (graph
+capture for ``nequip-compile``); both are checked.
 """
 
 import itertools
@@ -15,6 +17,7 @@ import torch
 from ase import Atoms
 from nequip.data import AtomicDataDict
 from nequip.utils.global_state import set_global_state
+from torch.fx.experimental.proxy_tensor import make_fx
 
 from reann_nequip.model import ReannModel
 from reann_nequip.nn.element_networks import ElementLayerNorm
@@ -182,24 +185,20 @@ def float64_global_state():
     set_global_state()
 
 
-@pytest.mark.parametrize("periodic", [True, False], ids=["periodic", "molecule"])
-@pytest.mark.parametrize(
-    "options",
-    [
-        {"num_recursions": 0, "l_max": 2},
-        {"num_recursions": 2, "l_max": 3, "shared_mixing": False},
-        {
-            "num_recursions": 1,
-            "l_max": 1,
-            "energy_network": {"hidden": [6, 5], "num_blocks": 2, "activation": "tanh_like"},
-            "coefficient_network": {"hidden": [4], "activation": "silu", "layer_norm": False},
-        },
-    ],
-    ids=["eann", "reann_T2_lmax3_per_step_mixing", "reann_T1_two_blocks"],
-)
-def test_density_and_energy_match_reference_formula(periodic, options):
-    rng = np.random.default_rng(11)
-    atoms, species = random_atoms(rng, periodic)
+MODEL_OPTIONS = {
+    "eann": {"num_recursions": 0, "l_max": 2},
+    "reann_T2_lmax3_per_step_mixing": {"num_recursions": 2, "l_max": 3, "shared_mixing": False},
+    "reann_T1_two_blocks": {
+        "num_recursions": 1,
+        "l_max": 1,
+        "energy_network": {"hidden": [6, 5], "num_blocks": 2, "activation": "tanh_like"},
+        "coefficient_network": {"hidden": [4], "activation": "silu", "layer_norm": False},
+    },
+}
+
+
+def reference_test_model(options):
+    """A small float64 model with perturbed parameters."""
     config = {
         "seed": 5,
         "model_dtype": "float64",
@@ -214,21 +213,73 @@ def test_density_and_energy_match_reference_formula(periodic, options):
         "per_type_energy_scales": {"H": 0.7, "C": 1.3, "O": 0.9},
         **options,
     }
-    model = randomize_parameters(ReannModel(**config), seed=3)
+    return randomize_parameters(ReannModel(**config), seed=3)
+
+
+def assert_matches_reference(density, atomic_energies, atoms, species, model):
+    rho_ref, energies_ref = reference_energies(model, atoms, species)
+    np.testing.assert_allclose(density, rho_ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(atomic_energies.ravel(), energies_ref, rtol=1e-10, atol=1e-12)
+    assert np.abs(rho_ref).max() > 1e-3, "degenerate test: the density vanishes"
+
+
+@pytest.mark.parametrize("periodic", [True, False], ids=["periodic", "molecule"])
+@pytest.mark.parametrize("options", MODEL_OPTIONS.values(), ids=MODEL_OPTIONS.keys())
+def test_density_and_energy_match_reference_formula(periodic, options):
+    atoms, species = random_atoms(np.random.default_rng(11), periodic)
+    model = reference_test_model(options)
 
     out = model(model_input(atoms, TYPE_NAMES, R_MAX))
 
-    rho_ref, energies_ref = reference_energies(model, atoms, species)
-    np.testing.assert_allclose(
-        out[AtomicDataDict.NODE_FEATURES_KEY].detach().numpy(), rho_ref, rtol=1e-10, atol=1e-12
+    assert_matches_reference(
+        out[AtomicDataDict.NODE_FEATURES_KEY].detach().numpy(),
+        out[AtomicDataDict.PER_ATOM_ENERGY_KEY].detach().numpy(),
+        atoms,
+        species,
+        model,
     )
-    np.testing.assert_allclose(
-        out[AtomicDataDict.PER_ATOM_ENERGY_KEY].detach().numpy().ravel(),
-        energies_ref,
-        rtol=1e-10,
-        atol=1e-12,
-    )
+    _, energies_ref = reference_energies(model, atoms, species)
     np.testing.assert_allclose(
         out[AtomicDataDict.TOTAL_ENERGY_KEY].item(), energies_ref.sum(), rtol=1e-10
     )
-    assert np.abs(rho_ref).max() > 1e-3, "degenerate test: the density vanishes"
+
+
+@pytest.mark.parametrize("periodic", [True, False], ids=["periodic", "molecule"])
+@pytest.mark.parametrize("options", MODEL_OPTIONS.values(), ids=MODEL_OPTIONS.keys())
+def test_graph_captured_model_matches_reference_formula(periodic, options):
+    """The edge-list form that ``nequip-compile`` traces: traced with symbolic sizes on one
+    structure, run on another with other atom and edge counts; forces equal the eager ones."""
+    model = reference_test_model(options)
+    traced_atoms, _ = random_atoms(np.random.default_rng(5), periodic)
+    traced_input = model_input(traced_atoms, TYPE_NAMES, R_MAX)
+    keys = sorted(key for key, value in traced_input.items() if torch.is_tensor(value))
+
+    def run(*tensors):
+        out = model(dict(zip(keys, tensors)))
+        return (
+            out[AtomicDataDict.NODE_FEATURES_KEY],
+            out[AtomicDataDict.PER_ATOM_ENERGY_KEY],
+            out[AtomicDataDict.FORCE_KEY],
+        )
+
+    # as nequip-compile traces: symbolic sizes, data-dependent operations refused
+    graph = make_fx(
+        run, tracing_mode="symbolic", _allow_non_fake_inputs=True, _error_on_data_dependent_ops=True
+    )(*[traced_input[key] for key in keys])
+    # the fast form would have counted neighbours per centre to size its blocks
+    assert "bincount" not in graph.code, "the traced graph is not the edge-list form"
+
+    atoms, species = random_atoms(np.random.default_rng(11), periodic)
+    data = model_input(atoms, TYPE_NAMES, R_MAX)
+    assert (
+        data[AtomicDataDict.EDGE_INDEX_KEY].shape
+        != traced_input[AtomicDataDict.EDGE_INDEX_KEY].shape
+    )
+    density, atomic_energies, forces = graph(*[data[key] for key in keys])
+    assert_matches_reference(
+        density.detach().numpy(), atomic_energies.detach().numpy(), atoms, species, model
+    )
+    eager_forces = model(model_input(atoms, TYPE_NAMES, R_MAX))[AtomicDataDict.FORCE_KEY]
+    np.testing.assert_allclose(
+        forces.detach().numpy(), eager_forces.detach().numpy(), rtol=1e-10, atol=1e-12
+    )

@@ -370,9 +370,12 @@ PairREANN::compute_exchange(const std::vector<torch::jit::IValue> &graph)
   const int64_t num_local = num_counted;
 
   // === forward: geometry once, then one recursion step at a time ===
-  auto geometry = model.get_method("exchange_geometry")({pos, types, edges}).toTuple();
+  auto geometry =
+      model.get_method("exchange_geometry")({pos, types, edges, num_local}).toTuple();
+  // per-centre neighbour blocks of the local atoms: angular, radial, neighbour of each slot
   const torch::Tensor angular = geometry->elements()[0].toTensor();
   const torch::Tensor radial = geometry->elements()[1].toTensor();
+  const torch::Tensor neighbor_blocks = geometry->elements()[2].toTensor();
   const torch::Tensor angular_leaf = angular.detach().requires_grad_(true);
   const torch::Tensor radial_leaf = radial.detach().requires_grad_(true);
   torch::Tensor coefficients = model.get_method("exchange_initial_coefficients")({types}).toTensor();
@@ -380,16 +383,16 @@ PairREANN::compute_exchange(const std::vector<torch::jit::IValue> &graph)
   for (int64_t step = 0; step < num_recursions; step++) {
     step_inputs.push_back(coefficients.detach().requires_grad_(true));
     step_outputs.push_back(model.get_method("exchange_step")({step, angular_leaf, radial_leaf,
-                                                             step_inputs.back(), edges, types,
-                                                             num_local})
+                                                             neighbor_blocks, step_inputs.back(),
+                                                             types})
                                .toTensor());
     coefficients = coefficients_to_ghosts(step_outputs.back().detach());
   }
   const torch::Tensor final_coefficients = coefficients.detach().requires_grad_(true);
-  const torch::Tensor atomic_energy = model.get_method("exchange_energy")({angular_leaf, radial_leaf,
-                                                                           final_coefficients, edges,
-                                                                           types, num_local})
-                                          .toTensor();
+  const torch::Tensor atomic_energy =
+      model.get_method("exchange_energy")(
+               {angular_leaf, radial_leaf, neighbor_blocks, final_coefficients, types})
+          .toTensor();
 
   // === backward: the steps in reverse, ghost-coefficient gradients summed into their owners ===
   auto or_zeros = [](const torch::Tensor &gradient, const torch::Tensor &like) {

@@ -94,10 +94,10 @@ class DeployedEnergyModel(torch.nn.Module):
 
     @torch.jit.export
     def exchange_geometry(
-        self, pos: torch.Tensor, atom_types: torch.Tensor, edge_index: torch.Tensor
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Angular [E, C] and radial [E, K] terms of the edges, differentiable in ``pos`` [N, 3]
-        (local and ghost atoms, explicit positions: no shifts)."""
+        self, pos: torch.Tensor, atom_types: torch.Tensor, edge_index: torch.Tensor, num_local: int
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Angular and radial neighbour blocks of the local atoms, differentiable in ``pos`` [N, 3]
+        (local and ghost atoms, explicit positions: no shifts), and the neighbour of each slot."""
         data: AtomicDataDict.Type = {
             AtomicDataDict.POSITIONS_KEY: pos,
             AtomicDataDict.ATOM_TYPE_KEY: atom_types,
@@ -105,7 +105,7 @@ class DeployedEnergyModel(torch.nn.Module):
         }
         data = self.energy_model.edge_length(data)
         data = self.energy_model.radial_basis(data)
-        return self.energy_model.density.geometry(data)
+        return self.energy_model.density.geometry(data, num_local)
 
     @torch.jit.export
     def exchange_initial_coefficients(self, atom_types: torch.Tensor) -> torch.Tensor:
@@ -118,14 +118,15 @@ class DeployedEnergyModel(torch.nn.Module):
         step: int,
         angular: torch.Tensor,
         radial: torch.Tensor,
+        neighbor_blocks: torch.Tensor,
         coefficients: torch.Tensor,
-        edge_index: torch.Tensor,
         atom_types: torch.Tensor,
-        num_local: int,
     ) -> torch.Tensor:
-        """c⁽ᵗ⁺¹⁾ [num_local, K] of the local atoms from c⁽ᵗ⁾ [N, K] of local and ghost atoms."""
+        """c⁽ᵗ⁺¹⁾ [num_local, K] of the local atoms (the block rows) from c⁽ᵗ⁾ [N, K] of local and
+        ghost atoms."""
+        num_local = angular.shape[0]
         density = self.energy_model.density.density_at_step(
-            step, angular, radial, coefficients, edge_index, num_local
+            step, angular, radial, neighbor_blocks, coefficients
         )
         return self.energy_model.density.update_at_step(
             step, coefficients[:num_local], density, atom_types[:num_local]
@@ -136,14 +137,14 @@ class DeployedEnergyModel(torch.nn.Module):
         self,
         angular: torch.Tensor,
         radial: torch.Tensor,
+        neighbor_blocks: torch.Tensor,
         coefficients: torch.Tensor,
-        edge_index: torch.Tensor,
         atom_types: torch.Tensor,
-        num_local: int,
     ) -> torch.Tensor:
         """Atomic energies [num_local] (float64) from the final coefficients c⁽ᵀ⁾ [N, K]."""
+        num_local = angular.shape[0]
         density = self.energy_model.density.density_at_step(
-            self.num_recursions, angular, radial, coefficients, edge_index, num_local
+            self.num_recursions, angular, radial, neighbor_blocks, coefficients
         )
         data: AtomicDataDict.Type = {
             AtomicDataDict.NODE_FEATURES_KEY: density,

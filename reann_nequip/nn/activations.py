@@ -2,7 +2,7 @@
 
 REANN gives every neuron of every element network its own learnable amplitude α and
 slope β (its ``Relu_like`` and ``Tanh_like``); SiLU is offered as a parameter-free option.
-Parameters are stacked over elements so that all atoms are processed in one call.
+Parameters are stacked over elements; a call processes the atoms of one element.
 """
 
 import math
@@ -45,12 +45,11 @@ class ElementActivation(torch.nn.Module):
             self.alpha = torch.nn.Parameter(torch.full((num_types, width), alpha))
             self.beta = torch.nn.Parameter(torch.full((num_types, width), beta))
 
-    def forward(self, x: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:
-        """``x``: [num_atoms, width]; ``atom_types``: [num_atoms] → [num_atoms, width]."""
+    def forward(self, x: torch.Tensor, element: int) -> torch.Tensor:
+        """``x``: [num_atoms, width] of atoms of one ``element`` → [num_atoms, width]."""
         if self.kind == "silu":
             return torch.nn.functional.silu(x)
-        alpha = torch.index_select(self.alpha, 0, atom_types)  # [num_atoms, width]
-        beta = torch.index_select(self.beta, 0, atom_types)
+        alpha, beta = self.alpha[element], self.beta[element]  # [width]
         if self.kind == "relu_like":
             return alpha * torch.nn.functional.silu(beta * x)
         return alpha * x * torch.rsqrt(1.0 + (beta * x).square())

@@ -1,9 +1,9 @@
 """REANN's per-element residual networks (its ``NNMod`` of ``ResBlock``s), one per element.
 
-The weights of all elements are stacked along a leading type dimension. Every atom is pushed
-through every element's weights in one batched matmul and its own element's row is kept; with
-the handful of elements of a typical system this costs a few times the arithmetic of a
-per-element dispatch, but it has no data-dependent shapes, so it exports and compiles.
+The weights of all elements are stacked along a leading type dimension. The atoms of each
+element are gathered once, pushed through that element's whole network with plain matmuls and
+broadcast per-neuron parameters, and scattered back: every atom costs the arithmetic of its own
+network only.
 """
 
 import math
@@ -12,6 +12,7 @@ from typing import List, Optional
 import torch
 
 from .activations import ElementActivation
+from .graph_capture import capturing_graph
 
 
 class ElementLinear(torch.nn.Module):
@@ -48,17 +49,9 @@ class ElementLinear(torch.nn.Module):
         self.weight = torch.nn.Parameter(weight)  # [num_types, in, out]
         self.bias = torch.nn.Parameter(initial_bias)  # [num_types, out]
 
-    def forward(self, x: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:
-        """``x``: [num_atoms, in]; ``atom_types``: [num_atoms] → [num_atoms, out]."""
-        num_types, _, out_features = self.weight.shape
-        if num_types == 1:
-            return torch.addmm(self.bias[0], x, self.weight[0])
-        # [num_atoms, num_types * out]: every element's weights at once, then keep the own row
-        y = torch.mm(x, self.weight.transpose(0, 1).reshape(x.shape[1], -1))
-        y = y.view(-1, num_types, out_features)
-        index = atom_types.view(-1, 1, 1).expand(-1, 1, out_features)
-        y = torch.gather(y, 1, index).squeeze(1)
-        return y + torch.index_select(self.bias, 0, atom_types)
+    def forward(self, x: torch.Tensor, element: int) -> torch.Tensor:
+        """``x``: [num_atoms, in] of atoms of one ``element`` → [num_atoms, out]."""
+        return torch.addmm(self.bias[element], x, self.weight[element])
 
 
 class ElementLayerNorm(torch.nn.Module):
@@ -70,11 +63,10 @@ class ElementLayerNorm(torch.nn.Module):
         self.weight = torch.nn.Parameter(torch.ones(num_types, width))
         self.bias = torch.nn.Parameter(torch.zeros(num_types, width))
 
-    def forward(self, x: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:
-        x = torch.nn.functional.layer_norm(x, [self.width])
-        weight = torch.index_select(self.weight, 0, atom_types)
-        bias = torch.index_select(self.bias, 0, atom_types)
-        return x * weight + bias
+    def forward(self, x: torch.Tensor, element: int) -> torch.Tensor:
+        return torch.nn.functional.layer_norm(
+            x, [self.width], self.weight[element], self.bias[element]
+        )
 
 
 class HiddenLayer(torch.nn.Module):
@@ -103,15 +95,15 @@ class HiddenLayer(torch.nn.Module):
             bias=0.0,
         )
 
-    def forward(self, x: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:
-        x = self.norm(self.activation(x, atom_types), atom_types)
-        return self.linear(self.dropout(x), atom_types)
+    def forward(self, x: torch.Tensor, element: int) -> torch.Tensor:
+        x = self.norm(self.activation(x, element), element)
+        return self.linear(self.dropout(x), element)
 
 
 class Passthrough(torch.nn.Module):
     """Stands in for :class:`ElementLayerNorm` when normalisation is off."""
 
-    def forward(self, x: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, element: int) -> torch.Tensor:
         return x
 
 
@@ -149,10 +141,10 @@ class ResidualBlock(torch.nn.Module):
             ]
         )
 
-    def forward(self, x: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, element: int) -> torch.Tensor:
         y = x
         for layer in self.layers:
-            y = layer(y, atom_types)
+            y = layer(y, element)
         return x + y
 
 
@@ -186,6 +178,8 @@ class ElementNetworks(torch.nn.Module):
         dropout: List[float],
     ):
         super().__init__()
+        self.num_types = num_types
+        self.out_features = out_features
         self.input_linear = ElementLinear(
             num_types, in_features, hidden[0], zero_weight=False, bias=None
         )
@@ -202,8 +196,23 @@ class ElementNetworks(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:
         """``x``: [num_atoms, in_features]; ``atom_types``: [num_atoms] → [num_atoms, out]."""
-        x = self.input_linear(x, atom_types)
+        out = torch.zeros(x.shape[0], self.out_features, dtype=x.dtype, device=x.device)
+        if capturing_graph():
+            # static shapes: every atom through every element's network, its own one kept
+            for element in range(self.num_types):
+                own = (atom_types == element).unsqueeze(-1)  # [num_atoms, 1]
+                out = torch.where(own, self.element_forward(x, element), out)
+            return out
+        for element in range(self.num_types):
+            atoms = torch.nonzero(atom_types == element).view(-1)
+            y = self.element_forward(torch.index_select(x, 0, atoms), element)
+            out = torch.index_copy(out, 0, atoms, y)
+        return out
+
+    def element_forward(self, x: torch.Tensor, element: int) -> torch.Tensor:
+        """``x``: [num_atoms, in_features] of atoms of one ``element`` → [num_atoms, out]."""
+        x = self.input_linear(x, element)
         for block in self.blocks:
-            x = block(x, atom_types)
-        x = self.output_activation(x, atom_types)
-        return self.output_linear(x, atom_types)
+            x = block(x, element)
+        x = self.output_activation(x, element)
+        return self.output_linear(x, element)

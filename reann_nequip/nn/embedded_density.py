@@ -11,7 +11,7 @@ square root of its multiplicity L!/(a! b! c!); the sum of squares is unchanged
 """
 
 import math
-from typing import List
+from typing import List, Tuple
 
 import torch
 
@@ -61,37 +61,139 @@ class CartesianMonomials(torch.nn.Module):
         return (x * y * z * self.weights.unsqueeze(-1)).t().contiguous()
 
 
-def embedded_density(
-    angular: torch.Tensor,
-    radial: torch.Tensor,
-    coefficients: torch.Tensor,
-    mixing: torch.Tensor,
-    center: torch.Tensor,
-    neighbor: torch.Tensor,
-    num_atoms: int,
-) -> torch.Tensor:
-    """The REANN density for given orbital coefficients.
+def neighbor_slots(center: torch.Tensor, num_atoms: int) -> Tuple[torch.Tensor, int]:
+    """Where every edge goes in dense per-centre neighbour blocks.
+
+    Each centre i gets a row of ``max_neighbors`` slots holding its edges in input order, padded
+    at the end; edge e goes to flat slot ``center[e] * max_neighbors + (rank of e among the
+    edges of center[e])``.
 
     Args:
-        angular: [num_edges, C] weighted Cartesian monomials of the edge vectors
-        radial: [num_edges, K] cutoff × Gaussians of the neighbour's species
-        coefficients: [num_atoms, K] orbital coefficients c_j
-        mixing: [C, K, M] channel mixing W[L(c)] expanded over components
-        center, neighbor: [num_edges] atom indices of each edge
-        num_atoms: number of atoms
+        center: [num_edges] centre atom of each edge
+        num_atoms: number of atoms (rows)
+
+    Returns:
+        the flat slot of every edge [num_edges], and ``max_neighbors``
+    """
+    num_edges = center.shape[0]
+    # one spare bin, always empty: a rank of a parallel run may own no atoms, a graph no edges
+    counts = torch.bincount(center, minlength=num_atoms + 1)
+    neighbors_per_atom = counts[:num_atoms]  # [num_atoms]
+    max_neighbors = int(counts.max())
+    by_center = torch.argsort(center, stable=True)  # [num_edges]
+    first_edge = torch.cumsum(neighbors_per_atom, 0) - neighbors_per_atom  # [num_atoms]
+    sorted_center = torch.index_select(center, 0, by_center)
+    rank = torch.arange(num_edges, device=center.device) - torch.index_select(
+        first_edge, 0, sorted_center
+    )
+    slot = torch.empty_like(center).index_copy_(0, by_center, sorted_center * max_neighbors + rank)
+    return slot, max_neighbors
+
+
+def to_neighbor_blocks(
+    edge_values: torch.Tensor, slot: torch.Tensor, num_atoms: int, max_neighbors: int
+) -> torch.Tensor:
+    """[num_edges, F] → [num_atoms, max_neighbors, F], zero in the padding slots."""
+    blocks = torch.zeros(
+        num_atoms * max_neighbors,
+        edge_values.shape[1],
+        dtype=edge_values.dtype,
+        device=edge_values.device,
+    )
+    blocks = torch.index_copy(blocks, 0, slot, edge_values)
+    return blocks.view(num_atoms, max_neighbors, edge_values.shape[1])
+
+
+def block_orbitals(
+    angular: torch.Tensor, radial: torch.Tensor, neighbor: torch.Tensor, coefficients: torch.Tensor
+) -> torch.Tensor:
+    """The orbitals b_ck = Σ_j A_c(r_ij) R_k(r_ij) c_jk of every centre from dense neighbour
+    blocks: one small matrix product per centre, [C, max_neighbors] · [max_neighbors, K], so no
+    [num_edges, C, K] tensor is formed; padding slots have zero radial functions.
+
+    Args:
+        angular: [num_atoms, C, max_neighbors] weighted Cartesian monomials of the edge vectors
+        radial: [num_atoms, max_neighbors, K] cutoff × Gaussians of the neighbour's species
+        neighbor: [num_atoms * max_neighbors] neighbour atom in each slot (any atom in padding)
+        coefficients: [num_atoms_all, K] orbital coefficients c_j
+
+    Returns:
+        [num_atoms, C, K]
+    """
+    neighbor_coefficients = torch.index_select(coefficients, 0, neighbor).view_as(radial)
+    return torch.bmm(angular, radial * neighbor_coefficients)
+
+
+def edge_orbitals(
+    angular: torch.Tensor,
+    radial: torch.Tensor,
+    edge_index: torch.Tensor,
+    coefficients: torch.Tensor,
+    num_atoms: int,
+) -> torch.Tensor:
+    """The orbitals of :func:`block_orbitals` summed edge by edge, for graph capture
+    (``nequip-compile``), where the data-dependent block width is not allowed.
+
+    Args:
+        angular: [num_edges, C], radial: [num_edges, K], edge_index: [2, num_edges]
+        coefficients: [num_atoms_all, K]
+        num_atoms: number of centres
+
+    Returns:
+        [num_atoms, C, K]
+    """
+    num_components, num_gaussians = angular.shape[1], radial.shape[1]
+    weighted = radial * torch.index_select(coefficients, 0, edge_index[1])  # [num_edges, K]
+    per_edge = (angular.unsqueeze(2) * weighted.unsqueeze(1)).flatten(1)  # [num_edges, C * K]
+    summed = torch.zeros(
+        num_atoms, num_components * num_gaussians, dtype=per_edge.dtype, device=per_edge.device
+    ).index_add_(0, edge_index[0], per_edge)
+    return summed.view(num_atoms, num_components, num_gaussians)
+
+
+def embedded_density(
+    orbitals: torch.Tensor, pair_mixing: torch.Tensor, pairs: torch.Tensor, order: torch.Tensor
+) -> torch.Tensor:
+    """The REANN density ρ_m = Σ_L Σ_{c of order L} (Σ_k b_ck W[L]_km)² of given orbitals.
+
+    The squared mixing is expanded as a quadratic form, ρ_m = Σ_L Σ_{k≤k'} G[L]_kk' Q[L]_kk'm
+    with G[L]_kk' = Σ_{c of order L} b_ck b_ck' and Q[L]_kk'm = (2 − δ_kk') W[L]_km W[L]_k'm,
+    so the only per-atom tensors are [C, K] and [L + 1, K(K + 1)/2] instead of [C, M].
+
+    Args:
+        orbitals: [num_atoms, C, K] b
+        pair_mixing: [(L_max + 1) · P, M] Q, P = K(K + 1)/2 pairs k ≤ k'
+        pairs: [2, P] the (k, k') of each pair
+        order: [C] L of each component
 
     Returns:
         [num_atoms, M] density ρ
     """
-    num_components = angular.shape[1]
-    num_gaussians = radial.shape[1]
-    weighted = radial * torch.index_select(coefficients, 0, neighbor)  # [num_edges, K]
-    orbitals = (angular.unsqueeze(2) * weighted.unsqueeze(1)).reshape(
-        -1, num_components * num_gaussians
-    )
-    summed = torch.zeros(
-        num_atoms, num_components * num_gaussians, dtype=orbitals.dtype, device=orbitals.device
-    ).index_add_(0, center, orbitals)  # [num_atoms, C * K]
-    summed = summed.view(num_atoms, num_components, num_gaussians).transpose(0, 1)
-    mixed = torch.bmm(summed, mixing)  # [C, num_atoms, M]
-    return mixed.square().sum(0)
+    products = torch.index_select(orbitals, 2, pairs[0]) * torch.index_select(
+        orbitals, 2, pairs[1]
+    )  # [num_atoms, C, P]
+    gram = torch.zeros(
+        orbitals.shape[0],
+        pair_mixing.shape[0] // pairs.shape[1],
+        pairs.shape[1],
+        dtype=products.dtype,
+        device=products.device,
+    ).index_add_(1, order, products)  # [num_atoms, L_max + 1, P]
+    return torch.mm(gram.flatten(1), pair_mixing)
+
+
+def direct_embedded_density(orbitals: torch.Tensor, mixing: torch.Tensor) -> torch.Tensor:
+    """The density of :func:`embedded_density` as written, ρ_m = Σ_c (Σ_k b_ck W[L(c)]_km)².
+
+    Used under graph capture: Inductor (torch 2.13) compiles the Gram form into multithreaded
+    CPU kernels that corrupt memory, while this form compiles correctly. It forms a
+    [C, num_atoms, M] intermediate, so it is slower in eager runs.
+
+    Args:
+        orbitals: [num_atoms, C, K] b
+        mixing: [C, K, M] W[L(c)] of every component
+
+    Returns:
+        [num_atoms, M] density ρ
+    """
+    return torch.bmm(orbitals.transpose(0, 1), mixing).square().sum(0)

@@ -8,7 +8,16 @@ from nequip.data import AtomicDataDict
 from nequip.nn import GraphModuleMixin, with_edge_vectors_
 
 from .element_networks import ElementNetworks
-from .embedded_density import CartesianMonomials, embedded_density
+from .embedded_density import (
+    CartesianMonomials,
+    block_orbitals,
+    direct_embedded_density,
+    edge_orbitals,
+    embedded_density,
+    neighbor_slots,
+    to_neighbor_blocks,
+)
+from .graph_capture import capturing_graph
 
 
 class OrbitalCoefficientUpdate(torch.nn.Module):
@@ -77,6 +86,14 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
         bound = math.sqrt(6.0 / (num_gaussians + num_orbitals))
         mixing = torch.empty(num_mixings, 1, num_gaussians, num_orbitals).uniform_(-bound, bound)
         self.mixing = torch.nn.Parameter(mixing.repeat(1, l_max + 1, 1, 1).contiguous())
+        pairs = torch.triu_indices(num_gaussians, num_gaussians)  # [2, P], k <= k'
+        self.register_buffer("pairs", pairs, persistent=False)
+        # an off-diagonal pair stands for both (k, k') and (k', k)
+        self.register_buffer(
+            "pair_multiplicity",
+            (2 - (pairs[0] == pairs[1]).long()).view(1, -1, 1),
+            persistent=False,
+        )
 
         self.updates = torch.nn.ModuleList(
             [
@@ -93,19 +110,48 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
             irreps_out={AtomicDataDict.NODE_FEATURES_KEY: f"{num_orbitals}x0e"},
         )
 
-    def _mixing_for_step(self, step: int) -> torch.Tensor:
-        """W[L(c)] for every component c: [C, K, M]."""
-        index = step if self.mixing.shape[0] > 1 else 0
-        return torch.index_select(self.mixing[index], 0, self.monomials.order)
+    def _pair_mixing_for_step(self, step: int) -> torch.Tensor:
+        """Q[L]_kk'm = (2 − δ_kk') W[L]_km W[L]_k'm for k ≤ k': [(L_max + 1) · P, M]."""
+        mixing = self.mixing[step if self.mixing.shape[0] > 1 else 0]  # [L_max + 1, K, M]
+        pair_mixing = (
+            torch.index_select(mixing, 1, self.pairs[0])
+            * torch.index_select(mixing, 1, self.pairs[1])
+            * self.pair_multiplicity.to(mixing.dtype)
+        )  # [L_max + 1, P, M]
+        return pair_mixing.view(-1, mixing.shape[2])
 
     # === stages, used by forward and one at a time by pair_reann's coefficient exchange ===
 
-    def geometry(self, data: AtomicDataDict.Type) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Angular monomials [num_edges, C] and radial functions [num_edges, K] of every edge,
-        shared by all recursion steps."""
+    def geometry(
+        self, data: AtomicDataDict.Type, num_centers: int
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The edges as dense per-centre neighbour blocks, shared by all recursion steps:
+        angular monomials [num_centers, C, max_neighbors], radial functions
+        [num_centers, max_neighbors, K] and the neighbour atom of each slot
+        [num_centers · max_neighbors]. Every edge centre must be below ``num_centers``."""
+        angular, radial, edge_index = self.edge_geometry(data)
+        slot, max_neighbors = neighbor_slots(edge_index[0], num_centers)
+        angular = to_neighbor_blocks(angular, slot, num_centers, max_neighbors)
+        angular = angular.transpose(1, 2).contiguous()  # [num_centers, C, max_neighbors]
+        radial = to_neighbor_blocks(radial, slot, num_centers, max_neighbors)
+        # padding slots point at atom 0; their radial functions are zero
+        neighbor_blocks = torch.zeros(
+            num_centers * max_neighbors, dtype=edge_index.dtype, device=edge_index.device
+        ).index_copy_(0, slot, edge_index[1])
+        return angular, radial, neighbor_blocks
+
+    def edge_geometry(
+        self, data: AtomicDataDict.Type
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Angular monomials [num_edges, C], radial functions [num_edges, K] and the
+        ``edge_index`` [2, num_edges] of every edge."""
         data = with_edge_vectors_(data, with_lengths=True)
         vectors = data[AtomicDataDict.EDGE_VECTORS_KEY].to(self._model_dtype)
-        return self.monomials(vectors), data[AtomicDataDict.EDGE_EMBEDDING_KEY]
+        return (
+            self.monomials(vectors),
+            data[AtomicDataDict.EDGE_EMBEDDING_KEY],
+            data[AtomicDataDict.EDGE_INDEX_KEY],
+        )
 
     def initial_coefficients_of(self, atom_types: torch.Tensor) -> torch.Tensor:
         """c⁽⁰⁾ [num_atoms, K] by element."""
@@ -116,20 +162,22 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
         step: int,
         angular: torch.Tensor,
         radial: torch.Tensor,
+        neighbors: torch.Tensor,
         coefficients: torch.Tensor,
-        edge_index: torch.Tensor,
-        num_centers: int,
     ) -> torch.Tensor:
-        """ρ⁽ᵗ⁾ [num_centers, M] of atoms 0..num_centers−1 (every edge centre must be one of them)
-        from the coefficients c⁽ᵗ⁾ [num_atoms, K] of all atoms."""
-        return embedded_density(
-            angular,
-            radial,
-            coefficients,
-            self._mixing_for_step(step),
-            edge_index[0],
-            edge_index[1],
-            num_centers,
+        """ρ⁽ᵗ⁾ [num_centers, M] from the coefficients c⁽ᵗ⁾ [num_atoms, K] of all atoms, on the
+        neighbour blocks of :meth:`geometry` (``neighbors`` [num_centers · max_neighbors]) or
+        the edges of :meth:`edge_geometry` (``neighbors`` = ``edge_index`` [2, num_edges],
+        centres = all atoms)."""
+        if neighbors.dim() == 1:
+            orbitals = block_orbitals(angular, radial, neighbors, coefficients)
+            return embedded_density(
+                orbitals, self._pair_mixing_for_step(step), self.pairs, self.monomials.order
+            )
+        orbitals = edge_orbitals(angular, radial, neighbors, coefficients, coefficients.shape[0])
+        mixing = self.mixing[step if self.mixing.shape[0] > 1 else 0]  # [L_max + 1, K, M]
+        return direct_embedded_density(
+            orbitals, torch.index_select(mixing, 0, self.monomials.order)
         )
 
     def update_at_step(
@@ -142,20 +190,19 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
         raise RuntimeError(f"no coefficient update for step {step}")
 
     def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
-        edge_index = data[AtomicDataDict.EDGE_INDEX_KEY]
         atom_types = data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
-        num_atoms = atom_types.shape[0]
-        angular, radial = self.geometry(data)  # [num_edges, C], [num_edges, K]
+        if capturing_graph():
+            angular, radial, neighbors = self.edge_geometry(data)
+        else:
+            angular, radial, neighbors = self.geometry(data, atom_types.shape[0])
 
         coefficients = self.initial_coefficients_of(atom_types)
         step = 0
         for update in self.updates:
-            density = self.density_at_step(
-                step, angular, radial, coefficients, edge_index, num_atoms
-            )
+            density = self.density_at_step(step, angular, radial, neighbors, coefficients)
             coefficients = update(coefficients, density, atom_types)
             step += 1
         data[AtomicDataDict.NODE_FEATURES_KEY] = self.density_at_step(
-            step, angular, radial, coefficients, edge_index, num_atoms
+            step, angular, radial, neighbors, coefficients
         )
         return data

@@ -1,0 +1,310 @@
+#!/usr/bin/env python
+"""Speed of the REANN model itself: the deployed file on water, training steps, GFLOP/s, memory.
+
+The default model of the benchmarks (r_max 5 Å, 8 Gaussians, l_max 2, 108 orbitals, 3 recursions,
+hidden widths 64 64, as ``bench_md.py``) is measured two ways, each configuration in its own
+process (one torch thread) so that its peak resident memory is its own:
+
+- **deployed**: the TorchScript file that ``pair_style reann`` and the ASE calculator load, called
+  as they call it (positions, types, edges, Cartesian shifts → energies, forces, virial) on the
+  first ``water_deepmd`` frame replicated to 192, 1,536 and 12,288 atoms;
+- **training**: forward with forces, energy-per-atom + force MSE, backward, Adam step of the nequip
+  ``GraphModel`` in float32 on batches of CO2/Ni(100) frames (REANN ``configuration`` file) and of
+  192-atom water frames.
+
+Achieved GFLOP/s divide the model's arithmetic (see :func:`model_flops_per_atom`) by the time.
+See ``benchmarks/README.md``.
+
+Example::
+
+    .venv/bin/python benchmarks/bench_model.py
+    .venv/bin/python benchmarks/bench_model.py --sizes 192 1536 --dtypes float32 --no-training
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+from bench_md import REPLICAS, deploy_default_models, water_frame
+
+R_MAX = 5.0
+NUM_GAUSSIANS, L_MAX, NUM_RECURSIONS, HIDDEN = 8, 2, 3, [64, 64]
+
+
+def model_flops_per_atom(avg_num_neighbors: float) -> float:
+    """FLOPs of energy + forces per atom of the default model, counted from its definition.
+
+    Multiply-adds (2 FLOPs each) of the forward pass: per density evaluation (T + 1 of them) the
+    neighbour sum, C × K × neighbours (C = 10 distinct monomials up to L = 2), and the mixing,
+    C × K × M; per element network (T coefficient networks with K outputs, one energy network)
+    in × h1, one residual block h1 × h2 + h2 × h1, h1 × out. The backward pass for forces is
+    counted as twice the forward. Elementwise work, gathers and padding are not counted, so the
+    figure is the same for every implementation of the model.
+    """
+    components = (L_MAX + 1) * (L_MAX + 2) * (L_MAX + 3) // 6
+    orbitals = NUM_GAUSSIANS * (NUM_GAUSSIANS + 1) // 2 * (L_MAX + 1)
+    density = components * NUM_GAUSSIANS * (avg_num_neighbors + orbitals)
+    block = HIDDEN[0] * HIDDEN[1] + HIDDEN[1] * HIDDEN[0]
+    coefficient_network = orbitals * HIDDEN[0] + block + HIDDEN[0] * NUM_GAUSSIANS
+    energy_network = orbitals * HIDDEN[0] + block + HIDDEN[0]
+    forward = (NUM_RECURSIONS + 1) * density + NUM_RECURSIONS * coefficient_network + energy_network
+    return 3 * 2 * forward
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _time_calls(call, warmup: int, min_repeats: int, time_limit: float) -> Dict[str, float]:
+    """Median wall and CPU seconds of ``call()`` after ``warmup`` untimed calls; at least
+    ``min_repeats`` timed calls, more while under ``time_limit`` seconds."""
+    for _ in range(warmup):
+        call()
+    wall, cpu = [], []
+    start = time.perf_counter()
+    while len(wall) < min_repeats or time.perf_counter() - start < time_limit:
+        t0, c0 = time.perf_counter(), time.process_time()
+        call()
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return {"wall": float(np.median(wall)), "cpu": float(np.median(cpu)), "calls": len(wall)}
+
+
+def deployed_worker(args: argparse.Namespace) -> Dict:
+    import torch
+    from nequip.data import compute_neighborlist_, from_dict
+
+    torch.set_num_threads(1)
+    atoms = water_frame(args.water).repeat(REPLICAS[args.size])
+    graph = compute_neighborlist_(
+        from_dict(
+            {
+                "pos": atoms.positions,
+                "cell": np.asarray(atoms.cell),
+                "pbc": True,
+                "atom_types": np.array([0 if s == "O" else 1 for s in atoms.symbols]),
+            }
+        ),
+        r_max=R_MAX,
+    )
+    num_atoms = len(atoms)
+    inputs = (
+        graph["pos"],
+        graph["atom_types"].view(-1),
+        graph["edge_index"],
+        graph["edge_cell_shift"] @ graph["cell"].view(3, 3),
+        num_atoms,
+    )
+    avg_num_neighbors = graph["edge_index"].shape[1] / num_atoms
+    with tempfile.TemporaryDirectory() as tmp:
+        path = deploy_default_models(pathlib.Path(tmp), [args.dtype])[args.dtype]
+        model = torch.jit.load(str(path))
+    base_rss = _peak_rss_mb()
+
+    def call():
+        forces = model(*inputs)[1]
+        if not bool(torch.isfinite(forces).all()):
+            raise RuntimeError("non-finite forces")
+
+    times = _time_calls(call, args.warmup, args.min_repeats, args.time_limit)
+    return {
+        **times,
+        "atoms": num_atoms,
+        "flops_per_atom": model_flops_per_atom(avg_num_neighbors),
+        "base_rss_mb": base_rss,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def _training_frames(args: argparse.Namespace):
+    """ASE frames with energies and forces, and their element names."""
+    if args.system == "co2_ni100":
+        from reann_nequip.data import read_configuration
+
+        frames = read_configuration(args.co2, index=f":{args.batch_size}", coordinates="fractional")
+        return frames, ["C", "O", "Ni"]
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    set_dir = pathlib.Path(args.water) / "data" / "data_0" / "set.000"
+    template = water_frame(args.water)
+    coords = np.load(set_dir / "coord.npy").reshape(-1, len(template), 3)
+    cells = np.load(set_dir / "box.npy").reshape(-1, 3, 3)
+    energies = np.load(set_dir / "energy.npy").reshape(-1)
+    forces = np.load(set_dir / "force.npy").reshape(-1, len(template), 3)
+    frames = []
+    for i in range(args.batch_size):
+        k = i % len(coords)
+        atoms = template.copy()
+        atoms.set_cell(cells[k])
+        atoms.set_positions(coords[k])
+        atoms.calc = SinglePointCalculator(atoms, energy=energies[k], forces=forces[k])
+        frames.append(atoms)
+    return frames, ["O", "H"]
+
+
+def training_worker(args: argparse.Namespace) -> Dict:
+    import torch
+    from nequip.data import AtomicDataDict, compute_neighborlist_, from_ase
+    from nequip.utils.global_state import set_global_state
+
+    from reann_nequip.data import ChemicalSpeciesToAtomTypeMapper
+    from reann_nequip.model import ReannModel
+
+    set_global_state()
+    torch.set_num_threads(1)
+    frames, type_names = _training_frames(args)
+    mapper = ChemicalSpeciesToAtomTypeMapper(model_type_names=type_names)
+    graphs = [compute_neighborlist_(mapper(from_ase(atoms)), r_max=R_MAX) for atoms in frames]
+    batch = AtomicDataDict.batched_from_list(graphs)
+    num_atoms = AtomicDataDict.num_nodes(batch)
+    atoms_per_frame = torch.tensor([len(a) for a in frames], dtype=torch.float32)
+    # reference energies per atom about their mean: the loss stays O(1) without energy shifts
+    reference_energy = batch[AtomicDataDict.TOTAL_ENERGY_KEY].view(-1).float() / atoms_per_frame
+    reference_energy = reference_energy - reference_energy.mean()
+    reference_forces = batch[AtomicDataDict.FORCE_KEY].float()
+    avg_num_neighbors = AtomicDataDict.num_edges(batch) / num_atoms
+    model = ReannModel(
+        seed=0,
+        model_dtype="float32",
+        type_names=type_names,
+        r_max=R_MAX,
+        num_gaussians=NUM_GAUSSIANS,
+        l_max=L_MAX,
+        num_recursions=NUM_RECURSIONS,
+        energy_network={"hidden": HIDDEN},
+        coefficient_network={"hidden": HIDDEN},
+        avg_num_neighbors=avg_num_neighbors,
+    ).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    base_rss = _peak_rss_mb()
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        out = model(dict(batch))
+        energy = out[AtomicDataDict.TOTAL_ENERGY_KEY].view(-1) / atoms_per_frame
+        loss = torch.nn.functional.mse_loss(
+            energy, reference_energy
+        ) + torch.nn.functional.mse_loss(out[AtomicDataDict.FORCE_KEY], reference_forces)
+        loss.backward()
+        optimizer.step()
+        if not bool(torch.isfinite(loss)):
+            raise RuntimeError("non-finite training loss")
+
+    times = _time_calls(step, args.warmup, args.min_repeats, args.time_limit)
+    return {
+        **times,
+        "atoms": num_atoms,
+        "frames": len(frames),
+        # forces in the loss: the parameter gradient differentiates the energy + force graph
+        # once more, counted as twice its cost
+        "flops_per_atom": 3 * model_flops_per_atom(avg_num_neighbors),
+        "base_rss_mb": base_rss,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def run_worker(args: argparse.Namespace, **options) -> Dict:
+    """This script in a fresh process with ``--worker`` and ``options``; returns its JSON."""
+    command = [sys.executable, __file__, "--worker", json.dumps(options)]
+    for key in ("water", "co2", "warmup", "min_repeats", "time_limit"):
+        command += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise SystemExit(f"worker {options} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--water", default="../shared/data/water_deepmd", help="water_deepmd")
+    parser.add_argument(
+        "--co2",
+        default="../shared/data/co2_ni100_reann/val/configuration",
+        help="REANN configuration file of CO2/Ni(100) frames (fractional coordinates)",
+    )
+    parser.add_argument("--sizes", type=int, nargs="+", default=[192, 1536, 12288])
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
+    parser.add_argument("--co2-batch", type=int, default=128, help="CO2/Ni(100) frames per step")
+    parser.add_argument("--water-batch", type=int, default=16, help="water frames per step")
+    parser.add_argument("--no-training", action="store_true", help="deployed model only")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls")
+    parser.add_argument("--min-repeats", type=int, default=3, help="timed calls, at least")
+    parser.add_argument("--time-limit", type=float, default=10.0, help="timed seconds, at least")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker is not None:
+        options = json.loads(args.worker)
+        vars(args).update(options)
+        worker = deployed_worker if options["kind"] == "deployed" else training_worker
+        print(json.dumps(worker(args)))
+        return
+    unknown = sorted(set(args.sizes) - set(REPLICAS))
+    if unknown:
+        raise SystemExit(f"error: `--sizes` must be among {sorted(REPLICAS)}, found {unknown}")
+
+    load = os.getloadavg()[0]
+    deployed = []
+    for dtype in args.dtypes:
+        for size in args.sizes:
+            row = run_worker(args, kind="deployed", dtype=dtype, size=size)
+            deployed.append({"dtype": dtype, **row})
+            print(
+                f"  deployed {dtype} {size}: {1e6 * row['wall'] / size:.1f} µs/atom-step",
+                file=sys.stderr,
+                flush=True,
+            )
+    training = []
+    if not args.no_training:
+        for system, batch_size in (("co2_ni100", args.co2_batch), ("water", args.water_batch)):
+            row = run_worker(args, kind="training", system=system, batch_size=batch_size)
+            training.append({"system": system, **row})
+            print(
+                f"  training {system}: {batch_size / row['wall']:.1f} frames/s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    print(
+        f"\nREANN model speed, {platform.processor() or platform.machine()}, {os.cpu_count()} "
+        f"cores, 1 torch thread, load average {load:.1f} at start → {os.getloadavg()[0]:.1f}\n"
+    )
+    print("Deployed file (energy + forces + virial), bulk water; times are medians per call")
+    print("| dtype | atoms | µs/atom-step | CPU µs/atom-step | GFLOP/s | peak RSS (MB) |")
+    print("|---|---|---|---|---|---|")
+    for row in deployed:
+        per_atom = row["wall"] / row["atoms"]
+        print(
+            f"| {row['dtype']} | {row['atoms']} | {1e6 * per_atom:.1f} | "
+            f"{1e6 * row['cpu'] / row['atoms']:.1f} | {1e-9 * row['flops_per_atom'] / per_atom:.2f} "
+            f"| {row['peak_rss_mb']:.0f} |"
+        )
+    if training:
+        print("\nTraining step (float32; forward, forces, energy + force MSE, backward, Adam)")
+        print("| frames | batch | atoms | ms/step | frames/s | GFLOP/s | peak RSS (MB) |")
+        print("|---|---|---|---|---|---|---|")
+        for row in training:
+            print(
+                f"| {row['system']} | {row['frames']} | {row['atoms']} | {1e3 * row['wall']:.0f} "
+                f"| {row['frames'] / row['wall']:.1f} "
+                f"| {1e-9 * row['flops_per_atom'] * row['atoms'] / row['wall']:.2f} "
+                f"| {row['peak_rss_mb']:.0f} |"
+            )
+    print(
+        "\nGFLOP/s: the model's multiply-adds (neighbour sums, mixing, element networks; "
+        "backward = 2 × forward; training 3 × that) per time; see model_flops_per_atom."
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -202,17 +202,20 @@ def main(argv: Optional[List[str]] = None) -> None:
     )
     serial = {(r["dtype"], r["atoms"]): r["us_per_atom_step"] for r in rows if r["ranks"] == 1}
     print(
-        "| dtype | atoms | ranks | mode | steps | µs/atom-step | speed-up vs 1 rank | pair share "
-        "| peak RSS per rank (MB) |"
+        "| dtype | atoms | ranks | mode | steps | µs/atom-step | speed-up vs 1 rank "
+        "| parallel efficiency | pair share | peak RSS per rank (MB) |"
     )
-    print("|" + "---|" * 9)
+    print("|" + "---|" * 10)
     for row in rows:
         reference = serial.get((row["dtype"], row["atoms"]))
-        speedup = f"{reference / row['us_per_atom_step']:.2f}" if reference else "–"
+        speedup, efficiency = "–", "–"
+        if reference:
+            speedup = f"{reference / row['us_per_atom_step']:.2f}"
+            efficiency = f"{100 * reference / row['us_per_atom_step'] / row['ranks']:.0f}%"
         print(
             f"| {row['dtype']} | {row['atoms']} | {row['ranks']} | {row['mode']} | {row['steps']} | "
-            f"{row['us_per_atom_step']:.1f} | {speedup} | {100 * row['pair_fraction']:.0f}% | "
-            f"{row['peak_rss_mb']:.0f} |"
+            f"{row['us_per_atom_step']:.1f} | {speedup} | {efficiency} | "
+            f"{100 * row['pair_fraction']:.0f}% | {row['peak_rss_mb']:.0f} |"
         )
 
 

@@ -31,7 +31,7 @@ demo: install
 
 ## test: lint, then every test (slow integration tests included)
 test: lint
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra --durations=25
 
 ## test-fast: the tests without the slow integration runs
 test-fast: install

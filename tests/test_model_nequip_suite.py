@@ -62,6 +62,14 @@ class TestReannModel(PerturbedReannMixin, BaseEnergyModelTests):
         # nequip's default list also has minimal_aspirin.yaml, which downloads its data
         return request.param
 
+    @pytest.fixture(scope="class", params=["package"])
+    @classmethod
+    def model_source(cls, request):
+        # nequip also runs "fresh" (compile the training checkpoint); "package" trains, packages,
+        # trains on from the package and compiles, a superset of that path; the checkpoint path
+        # itself is tested by tests/test_deploy.py. Halves the AOTInductor compilations (CI time)
+        return request.param
+
 
 class TestReannPerEdgeTypeCutoff(PerturbedReannMixin, EnergyModelTestsMixin):
     """Shorter cutoffs for some element pairs (nequip's ``per_edge_type_cutoff``).

@@ -114,13 +114,19 @@ def test_reann_schedule_rolls_back_and_logs_once_on_two_ranks(tmp_path):
     )
 
     # the final weights and schedule state agree to round-off of the float64 model (measured: 3e-14
-    # relative, best loss bitwise equal)
+    # relative, best loss bitwise equal). One parameter only agrees to 6e-11: the energy network's
+    # output bias, which cancels in E_i = NN(ρ_i) − NN(0): its gradient is round-off only, different
+    # on one and two ranks, and Adam's steps on it drift apart by ~1e-11 without changing any
+    # prediction. Hence atol 1e-9
     final = {name: _checkpoint(tmp_path / name / "last.ckpt") for name in ("one", "two")}
     schedules = {name: _schedule_state(checkpoint) for name, checkpoint in final.items()}
     assert schedules["two"]["num_rollbacks"] == schedules["one"]["num_rollbacks"] == 1
     assert schedules["two"]["best_loss"] == pytest.approx(schedules["one"]["best_loss"], rel=1e-9)
-    for key, weight in final["one"]["state_dict"].items():
-        if isinstance(weight, torch.Tensor) and weight.is_floating_point():
-            torch.testing.assert_close(
-                final["two"]["state_dict"][key], weight, rtol=1e-9, atol=1e-12, msg=key
-            )
+    differing = [
+        f"{key}: {(final['two']['state_dict'][key] - weight).abs().max():.2e}"
+        for key, weight in final["one"]["state_dict"].items()
+        if isinstance(weight, torch.Tensor)
+        and weight.is_floating_point()
+        and not torch.allclose(final["two"]["state_dict"][key], weight, rtol=1e-9, atol=1e-9)
+    ]
+    assert not differing, differing

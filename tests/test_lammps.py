@@ -182,8 +182,9 @@ def test_ghost_modes_equal_periodic_images_on_one_rank(tmp_path, mode):
     atoms = triclinic_water()
     model = deployed_model(tmp_path, ["O", "H"], 3)
     run = run_lammps(tmp_path / mode, atoms, model, ["O", "H"], pair_style=f"reann mode {mode}")
+    # the system's allocator policy here; results do not depend on it
     images = run_lammps(
-        tmp_path / "images", atoms, model, ["O", "H"], pair_style="reann mode images"
+        tmp_path / "images", atoms, model, ["O", "H"], pair_style="reann mode images memory release"
     )
     log = (tmp_path / mode / "log.lammps").read_text()
     assert ("ghost cutoff set to" in log) == (mode == "shell")
@@ -267,6 +268,7 @@ def _error_of(workdir, result):
         ("newton_off", "requires `newton on`"),
         ("per_atom_virial", "does not compute per-atom virials"),
         ("images_on_two_ranks", "mode images needs one MPI rank"),
+        ("unknown_memory_policy", "unknown memory policy `forever`"),
     ],
 )
 def test_lammps_errors_are_clear(tmp_path, case, expected):
@@ -300,6 +302,8 @@ def test_lammps_errors_are_clear(tmp_path, case, expected):
     elif case == "images_on_two_ranks":
         kwargs["pair_style"] = "reann mode images"
         kwargs["nprocs"] = 2
+    elif case == "unknown_memory_policy":
+        kwargs["pair_style"] = "reann memory forever"
     else:
         raise AssertionError(case)
     result = run_lammps(tmp_path / "run", atoms, model, elements, **kwargs)

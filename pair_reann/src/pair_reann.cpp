@@ -17,7 +17,11 @@
 
 #include <algorithm>
 #include <cstring>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 using namespace LAMMPS_NS;
@@ -27,12 +31,12 @@ static const char *const DEPLOY_FORMAT = "1";
 // two atoms closer than this (Å) mean a broken structure, not physics
 static constexpr double MIN_DISTANCE = 0.1;
 static const char *const SYNTAX =
-    "pair_style reann [mode auto|images|shell|exchange] [threads N]; "
+    "pair_style reann [mode auto|images|shell|exchange] [threads N] [memory keep|release]; "
     "pair_coeff * * model.pth El1 El2 ... (one element or NULL per atom type)";
 
 PairREANN::PairREANN(LAMMPS *lmp) :
-    Pair(lmp), ghost_mode(GhostMode::AUTO), num_threads(1), r_max(0.0), num_recursions(0),
-    coefficient_size(0), interaction_range(0.0), num_counted(0)
+    Pair(lmp), ghost_mode(GhostMode::AUTO), num_threads(1), keep_memory(true), r_max(0.0),
+    num_recursions(0), coefficient_size(0), interaction_range(0.0), num_counted(0)
 {
   single_enable = 0;
   restartinfo = 0;
@@ -84,11 +88,36 @@ void PairREANN::settings(int narg, char **arg)
       if (num_threads < 1)
         error->all(FLERR, "pair_style reann: `threads` must be >= 1, found {}", num_threads);
       iarg += 2;
+    } else if (strcmp(arg[iarg], "memory") == 0) {
+      if (iarg + 1 >= narg)
+        error->all(FLERR, "pair_style reann: `memory` needs a value; {}", SYNTAX);
+      if (strcmp(arg[iarg + 1], "keep") == 0)
+        keep_memory = true;
+      else if (strcmp(arg[iarg + 1], "release") == 0)
+        keep_memory = false;
+      else
+        error->all(FLERR, "pair_style reann: unknown memory policy `{}`; {}", arg[iarg + 1],
+                   SYNTAX);
+      iarg += 2;
     } else {
       error->all(FLERR, "pair_style reann: unknown keyword `{}`; {}", arg[iarg], SYNTAX);
     }
   }
   at::set_num_threads(num_threads);
+  if (keep_memory) keep_freed_memory();
+}
+
+// The model allocates the same large tensors (neighbour blocks, their gradients) every step.
+// glibc serves blocks above 32 MB with mmap and returns them on free, so each step would fault
+// those pages in again (zeroed by the kernel): 153.6 instead of 53.4 µs/atom-step at 24,576 water
+// atoms on one rank (float32). Keep every block on the heap and freed memory in the process for the
+// next step; the resident size stays near the per-step peak (3.8 instead of 3.5 GB there).
+void PairREANN::keep_freed_memory()
+{
+#ifdef __GLIBC__
+  mallopt(M_MMAP_MAX, 0);
+  mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max());
+#endif
 }
 
 void PairREANN::load_model(const std::string &path)

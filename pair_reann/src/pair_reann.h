@@ -49,6 +49,7 @@ class PairREANN : public Pair {
   enum class GhostMode { AUTO, IMAGES, SHELL, EXCHANGE };
 
   void allocate();
+  static void keep_freed_memory();
   void load_model(const std::string &path);
   GhostMode resolved_mode() const;
   // fill the model inputs; returns the number of atoms whose energies count
@@ -60,6 +61,7 @@ class PairREANN : public Pair {
 
   GhostMode ghost_mode;
   int num_threads;
+  bool keep_memory;
 
   torch::jit::Module model;
   std::string model_path;

@@ -47,6 +47,11 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
     geometry (monomials and radial functions) is computed once and reused at every step. An
     atom's descriptor depends on atoms within (T + 1) · r_max; T = 0 is EANN (strictly local).
 
+    Two forms of the same sums: eager and TorchScript runs gather the edges into dense per-centre
+    neighbour blocks (:meth:`geometry`, fast); while a graph is captured (``nequip-compile``, see
+    :func:`~reann_nequip.nn.graph_capture.capturing_graph`) they run edge by edge
+    (:meth:`edge_geometry`), which has no data-dependent sizes.
+
     Reads ``edge_vectors`` and ``edge_embedding`` [num_edges, K]; writes ``node_features``
     [num_atoms, M] in the model dtype.
 

@@ -115,9 +115,13 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
             irreps_out={AtomicDataDict.NODE_FEATURES_KEY: f"{num_orbitals}x0e"},
         )
 
+    def _mixing_for_step(self, step: int) -> torch.Tensor:
+        """W[L] [L_max + 1, K, M] of recursion step ``step`` (shared, or one per step)."""
+        return self.mixing[step if self.mixing.shape[0] > 1 else 0]
+
     def _pair_mixing_for_step(self, step: int) -> torch.Tensor:
         """Q[L]_kk'm = (2 − δ_kk') W[L]_km W[L]_k'm for k ≤ k': [(L_max + 1) · P, M]."""
-        mixing = self.mixing[step if self.mixing.shape[0] > 1 else 0]  # [L_max + 1, K, M]
+        mixing = self._mixing_for_step(step)  # [L_max + 1, K, M]
         pair_mixing = (
             torch.index_select(mixing, 1, self.pairs[0])
             * torch.index_select(mixing, 1, self.pairs[1])
@@ -140,9 +144,9 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
         angular = angular.transpose(1, 2).contiguous()  # [num_centers, C, max_neighbors]
         radial = to_neighbor_blocks(radial, slot, num_centers, max_neighbors)
         # padding slots point at atom 0; their radial functions are zero
-        neighbor_blocks = torch.zeros(
-            num_centers * max_neighbors, dtype=edge_index.dtype, device=edge_index.device
-        ).index_copy_(0, slot, edge_index[1])
+        neighbor_blocks = to_neighbor_blocks(
+            edge_index[1].unsqueeze(1), slot, num_centers, max_neighbors
+        ).view(-1)
         return angular, radial, neighbor_blocks
 
     def edge_geometry(
@@ -180,9 +184,8 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
                 orbitals, self._pair_mixing_for_step(step), self.pairs, self.monomials.order
             )
         orbitals = edge_orbitals(angular, radial, neighbors, coefficients, coefficients.shape[0])
-        mixing = self.mixing[step if self.mixing.shape[0] > 1 else 0]  # [L_max + 1, K, M]
         return direct_embedded_density(
-            orbitals, torch.index_select(mixing, 0, self.monomials.order)
+            orbitals, torch.index_select(self._mixing_for_step(step), 0, self.monomials.order)
         )
 
     def update_at_step(

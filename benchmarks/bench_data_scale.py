@@ -26,13 +26,13 @@ import os
 import pathlib
 import platform
 import re
-import subprocess
 import sys
 import tempfile
 import time
 from typing import Dict, Iterator, List, Optional
 
 import numpy as np
+from bench_md import run_with_peak_rss
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = REPO_ROOT / "configs" / "reann_co2_ni100.yaml"
@@ -85,20 +85,9 @@ def run_training(
         "++trainer.max_time=00:00:30:00",
         "++trainer.profiler=simple",
     ]
-    # the peak RSS of nequip-train alone: a fresh watcher process whose only child it is
-    watcher = (
-        "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
-        "sys.exit(r.returncode)"
-    )
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     start = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, "-c", watcher, *command],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
+    result, peak_rss_mib = run_with_peak_rss(
+        command, REPO_ROOT, {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     )
     wall = time.perf_counter() - start
     log = result.stdout + result.stderr
@@ -114,7 +103,7 @@ def run_training(
         "loop_s": float(loop[3]),
         "steps": int(steps[2]),
         "step_s": float(steps[3]),
-        "peak_rss_mib": int(result.stderr.split()[-1]) / 1024.0,  # Linux: KiB
+        "peak_rss_mib": peak_rss_mib,
     }
 
 

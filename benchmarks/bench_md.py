@@ -21,7 +21,7 @@ import re
 import subprocess
 import sys
 import tempfile
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -97,6 +97,29 @@ def deploy_default_models(workdir: pathlib.Path, dtypes: List[str]) -> Dict[str,
     return paths
 
 
+def run_with_peak_rss(
+    command: List[str], cwd: pathlib.Path, env: Dict[str, str]
+) -> Tuple[subprocess.CompletedProcess, float]:
+    """Run ``command`` (output captured) as the only child of a fresh watcher process, so that
+    the peak resident memory measured is that of the command's processes alone.
+
+    Returns the result and that peak in MiB (Linux reports KiB).
+    """
+    watcher = (
+        "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
+        "sys.exit(r.returncode)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", watcher, *command],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    return result, int(result.stderr.split()[-1]) / 1024.0
+
+
 def run_lammps(
     workdir: pathlib.Path, model: pathlib.Path, replicas, ranks: int, steps: int, mode: str
 ) -> Dict:
@@ -121,18 +144,8 @@ run {steps}
     )
     lmp = [str(BIN / "lmp"), "-in", "in.lmp", "-log", "log.lammps", "-screen", "none"]
     command = lmp if ranks == 1 else [str(BIN / "mpirun"), "-np", str(ranks), *lmp]
-    # measure the peak RSS of the LAMMPS processes alone: a fresh watcher process per run
-    watcher = (
-        "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)"
-    )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", watcher, *command],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        env=env,
+    result, peak_rss_mb = run_with_peak_rss(
+        command, workdir, {**os.environ, "OMP_NUM_THREADS": "1"}
     )
     log = (workdir / "log.lammps").read_text() if (workdir / "log.lammps").exists() else ""
     if result.returncode != 0:
@@ -147,7 +160,7 @@ run {steps}
         "atoms": num_atoms,
         "us_per_atom_step": seconds / num_steps / num_atoms * 1e6,
         "pair_fraction": float(pair[0]) / seconds if pair else float("nan"),
-        "peak_rss_mb": int(result.stdout.split()[-1]) / 1024.0,
+        "peak_rss_mb": peak_rss_mb,
     }
 
 

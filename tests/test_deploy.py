@@ -13,8 +13,10 @@ from nequip.data import AtomicDataDict
 from nequip.utils.global_state import set_global_state
 
 from reann_nequip.deploy import DeployedEnergyModel, deploy, read_metadata, save_deployed
+from reann_nequip.deploy.kernels import load_deployed_file
 from reann_nequip.integrations.ase import ReannCalculator
 from reann_nequip.model import ReannModel
+from reann_nequip.nn import OrbitalGram
 
 from .utils import REPO_ROOT, model_input, randomize_parameters
 
@@ -66,7 +68,10 @@ def test_deployed_file_equals_model_energies_forces_virial(tmp_path, model_dtype
     path = str(tmp_path / "model.pth")
     metadata = save_deployed(model, path)
     assert metadata["num_recursions"] == "2" and metadata["interaction_range"] == repr(3 * R_MAX)
-    deployed = torch.jit.load(path)
+    deployed = load_deployed_file(path)
+    # the deployed file runs the C++ kernel; the model itself keeps the torch form for training
+    assert "ops.reann.orbital_gram" in deployed.energy_model.density.orbital_gram.code
+    assert type(model.model.func.density.orbital_gram) is OrbitalGram
     data = model_input(triclinic_frame(), TYPE_NAMES, R_MAX)
     reference = model(dict(data))
     atomic_energy, forces, virial = deployed(*deployed_inputs(data), 6)
@@ -281,43 +286,43 @@ def test_coefficient_exchange_stages_equal_periodic_model():
         )
 
     # === forward, one stage at a time ===
-    angular, radial, neighbor_blocks = deployed.exchange_geometry(
+    vectors, radial, neighbor_blocks = deployed.exchange_geometry(
         positions, atom_types, edges, num_local
     )
-    angular_leaf = angular.detach().requires_grad_(True)
+    vector_leaf = vectors.detach().requires_grad_(True)
     radial_leaf = radial.detach().requires_grad_(True)
     coefficients = deployed.exchange_initial_coefficients(atom_types)
     leaves, outputs = [], []
     for step in range(num_recursions):
         leaf = coefficients.detach().requires_grad_(True)
         local_next = deployed.exchange_step(
-            step, angular_leaf, radial_leaf, neighbor_blocks, leaf, atom_types
+            step, vector_leaf, radial_leaf, neighbor_blocks, leaf, atom_types
         )
         leaves.append(leaf)
         outputs.append(local_next)
         coefficients = to_ghosts(local_next.detach())
     leaf = coefficients.detach().requires_grad_(True)
     atomic_energy = deployed.exchange_energy(
-        angular_leaf, radial_leaf, neighbor_blocks, leaf, atom_types
+        vector_leaf, radial_leaf, neighbor_blocks, leaf, atom_types
     )
     np.testing.assert_allclose(atomic_energy.detach(), energies, rtol=1e-12)
 
     # === backward, stage by stage ===
-    grad_coefficients, grad_angular, grad_radial = torch.autograd.grad(
-        atomic_energy.sum(), [leaf, angular_leaf, radial_leaf]
+    grad_coefficients, grad_vectors, grad_radial = torch.autograd.grad(
+        atomic_energy.sum(), [leaf, vector_leaf, radial_leaf]
     )
     for step in reversed(range(num_recursions)):
         grads = torch.autograd.grad(
             outputs[step],
-            [leaves[step], angular_leaf, radial_leaf],
+            [leaves[step], vector_leaf, radial_leaf],
             grad_outputs=to_owners(grad_coefficients),
             allow_unused=True,
         )
         grad_coefficients = grads[0]
-        grad_angular = grad_angular + grads[1]
+        grad_vectors = grad_vectors + grads[1]
         grad_radial = grad_radial + grads[2]
     (grad_positions,) = torch.autograd.grad(
-        [angular, radial], [positions], grad_outputs=[grad_angular, grad_radial]
+        [vectors, radial], [positions], grad_outputs=[grad_vectors, grad_radial]
     )
     forces = -grad_positions.detach()
     np.testing.assert_allclose(to_owners(forces), periodic_forces, atol=1e-12)

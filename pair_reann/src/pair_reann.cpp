@@ -27,7 +27,7 @@
 using namespace LAMMPS_NS;
 
 // the deployed-file layout this pair style reads (reann_nequip.deploy.build.DEPLOY_FORMAT)
-static const char *const DEPLOY_FORMAT = "1";
+static const char *const DEPLOY_FORMAT = "2";
 // two atoms closer than this (Å) mean a broken structure, not physics
 static constexpr double MIN_DISTANCE = 0.1;
 static const char *const SYNTAX =
@@ -401,17 +401,17 @@ PairREANN::compute_exchange(const std::vector<torch::jit::IValue> &graph)
   // === forward: geometry once, then one recursion step at a time ===
   auto geometry =
       model.get_method("exchange_geometry")({pos, types, edges, num_local}).toTuple();
-  // per-centre neighbour blocks of the local atoms: angular, radial, neighbour of each slot
-  const torch::Tensor angular = geometry->elements()[0].toTensor();
+  // per-centre neighbour blocks of the local atoms: edge vectors, radial functions, neighbour of each slot
+  const torch::Tensor vectors = geometry->elements()[0].toTensor();
   const torch::Tensor radial = geometry->elements()[1].toTensor();
   const torch::Tensor neighbor_blocks = geometry->elements()[2].toTensor();
-  const torch::Tensor angular_leaf = angular.detach().requires_grad_(true);
+  const torch::Tensor vector_leaf = vectors.detach().requires_grad_(true);
   const torch::Tensor radial_leaf = radial.detach().requires_grad_(true);
   torch::Tensor coefficients = model.get_method("exchange_initial_coefficients")({types}).toTensor();
   std::vector<torch::Tensor> step_inputs, step_outputs;
   for (int64_t step = 0; step < num_recursions; step++) {
     step_inputs.push_back(coefficients.detach().requires_grad_(true));
-    step_outputs.push_back(model.get_method("exchange_step")({step, angular_leaf, radial_leaf,
+    step_outputs.push_back(model.get_method("exchange_step")({step, vector_leaf, radial_leaf,
                                                              neighbor_blocks, step_inputs.back(),
                                                              types})
                                .toTensor());
@@ -420,7 +420,7 @@ PairREANN::compute_exchange(const std::vector<torch::jit::IValue> &graph)
   const torch::Tensor final_coefficients = coefficients.detach().requires_grad_(true);
   const torch::Tensor atomic_energy =
       model.get_method("exchange_energy")(
-               {angular_leaf, radial_leaf, neighbor_blocks, final_coefficients, types})
+               {vector_leaf, radial_leaf, neighbor_blocks, final_coefficients, types})
           .toTensor();
 
   // === backward: the steps in reverse, ghost-coefficient gradients summed into their owners ===
@@ -428,22 +428,22 @@ PairREANN::compute_exchange(const std::vector<torch::jit::IValue> &graph)
     return gradient.defined() ? gradient : torch::zeros_like(like);
   };
   auto gradients = torch::autograd::grad({atomic_energy.sum()},
-                                         {final_coefficients, angular_leaf, radial_leaf}, {},
+                                         {final_coefficients, vector_leaf, radial_leaf}, {},
                                          false, false, true);
   torch::Tensor coefficient_gradient = or_zeros(gradients[0], final_coefficients);
-  torch::Tensor angular_gradient = or_zeros(gradients[1], angular_leaf);
+  torch::Tensor vector_gradient = or_zeros(gradients[1], vector_leaf);
   torch::Tensor radial_gradient = or_zeros(gradients[2], radial_leaf);
   for (int64_t step = num_recursions - 1; step >= 0; step--) {
     const torch::Tensor output_gradient = gradients_to_owners(coefficient_gradient);
     gradients = torch::autograd::grad({step_outputs[step]},
-                                      {step_inputs[step], angular_leaf, radial_leaf},
+                                      {step_inputs[step], vector_leaf, radial_leaf},
                                       {output_gradient}, false, false, true);
     coefficient_gradient = or_zeros(gradients[0], step_inputs[step]);
-    angular_gradient = angular_gradient + or_zeros(gradients[1], angular_leaf);
+    vector_gradient = vector_gradient + or_zeros(gradients[1], vector_leaf);
     radial_gradient = radial_gradient + or_zeros(gradients[2], radial_leaf);
   }
   const auto position_gradient = torch::autograd::grad(
-      {angular, radial}, {pos}, {angular_gradient, radial_gradient}, false, false, true)[0];
+      {vectors, radial}, {pos}, {vector_gradient, radial_gradient}, false, false, true)[0];
   const torch::Tensor forces = position_gradient.defined()
       ? -position_gradient.to(torch::kFloat64)
       : torch::zeros_like(pos);

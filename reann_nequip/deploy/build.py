@@ -1,5 +1,6 @@
 """From a nequip checkpoint or package to the TorchScript file that ``pair_reann`` and ASE load."""
 
+import copy
 import pathlib
 from typing import Dict, Optional
 
@@ -8,9 +9,11 @@ from nequip.data import AtomicDataDict
 
 from .._version import __version__
 from .deployed_model import DeployedEnergyModel, DeployedTensorModel
+from .kernels import load_deployed_file, load_kernels
 
 # the layout of the deployed file; pair_reann refuses files of another format
-DEPLOY_FORMAT = "1"
+# (2: energy models call the torch.ops.reann kernels)
+DEPLOY_FORMAT = "2"
 # every metadata entry is a plain-text extra file of the TorchScript archive
 METADATA_KEYS = (
     "deploy_format",
@@ -158,9 +161,14 @@ def save_deployed(
 ) -> Dict[str, str]:
     """Script a nequip ``GraphModel`` of a reann_nequip model into ``output_path``; returns the
     metadata. Energy models get :class:`DeployedEnergyModel` (LAMMPS and ASE), tensor models
-    :class:`DeployedTensorModel` (ASE)."""
+    :class:`DeployedTensorModel` (ASE). Energy models compute the orbitals' Gram matrices with
+    the C++ kernel (:meth:`~reann_nequip.nn.RecursiveEmbeddedDensity.use_fused_kernels`);
+    ``graph_model`` itself is left unchanged."""
     metadata = deployed_metadata(graph_model, units, source)
+    graph_model = copy.deepcopy(graph_model)
     if metadata["model_kind"] == "energy":
+        load_kernels()
+        _density_module(graph_model, source).use_fused_kernels()
         # the per-atom energy part, inside the ForceStressOutput
         deployed = DeployedEnergyModel(graph_model.model.func)
     else:
@@ -176,8 +184,9 @@ def save_deployed(
 def read_metadata(path: str) -> Dict[str, str]:
     """Metadata of a deployed file; raises ``ValueError`` for files that are not one."""
     extra_files = {key: "" for key in METADATA_KEYS}
+    load_kernels()
     try:
-        torch.jit.load(path, map_location="cpu", _extra_files=extra_files)
+        load_deployed_file(path, extra_files)
     except (RuntimeError, ValueError) as error:
         raise ValueError(f"`{path}` is not a TorchScript file: {error}") from error
     # torch returns the archive's bytes, and b"" for keys the archive lacks

@@ -30,9 +30,9 @@ def image_graph(
     shift: torch.Tensor,
     cell: torch.Tensor,
 ) -> AtomicDataDict.Type:
-    """The nequip graph of the deployed calling convention: ``cell`` [3, 3] is the identity (or
-    the identity plus a strain) and the edge "cell shifts" are the Cartesian image shifts, so that
-    nequip's r_ij = pos[j] − pos[i] + shift_ij @ cell."""
+    """The nequip graph of the deployed calling convention: ``cell`` [3, 3] is the identity and
+    the edge "cell shifts" are the Cartesian image shifts, so that nequip's
+    r_ij = pos[j] − pos[i] + shift_ij @ cell."""
     return {
         AtomicDataDict.POSITIONS_KEY: pos,
         AtomicDataDict.ATOM_TYPE_KEY: atom_types,
@@ -74,9 +74,17 @@ class DeployedEnergyModel(torch.nn.Module):
         pos = pos.detach().requires_grad_(True)
         strain = torch.zeros((3, 3), dtype=pos.dtype, device=pos.device).requires_grad_(True)
         symmetric_strain = 0.5 * (strain + strain.transpose(0, 1))
-        # strain the image vectors exactly as the atoms: a unit "cell" carries the Cartesian shifts
-        cell = torch.eye(3, dtype=pos.dtype, device=pos.device) + symmetric_strain
-        data = image_graph(pos + pos @ symmetric_strain, atom_types, edge_index, shift, cell)
+        # r_ij under the strain: atoms and image shifts deform alike, (x_j − x_i + s_ij)(1 + ε)
+        deformation = torch.eye(3, dtype=pos.dtype, device=pos.device) + symmetric_strain
+        vectors = torch.index_select(pos, 0, edge_index[1]) - torch.index_select(
+            pos, 0, edge_index[0]
+        )
+        data: AtomicDataDict.Type = {
+            AtomicDataDict.POSITIONS_KEY: pos,
+            AtomicDataDict.ATOM_TYPE_KEY: atom_types,
+            AtomicDataDict.EDGE_INDEX_KEY: edge_index,
+            AtomicDataDict.EDGE_VECTORS_KEY: torch.mm(vectors + shift, deformation),
+        }
         atomic_energy = self.energy_model(data)[AtomicDataDict.PER_ATOM_ENERGY_KEY]
         atomic_energy = atomic_energy.view(-1).to(torch.float64)
         local_energy = atomic_energy[:num_local].sum()
@@ -96,7 +104,7 @@ class DeployedEnergyModel(torch.nn.Module):
     def exchange_geometry(
         self, pos: torch.Tensor, atom_types: torch.Tensor, edge_index: torch.Tensor, num_local: int
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Angular and radial neighbour blocks of the local atoms, differentiable in ``pos`` [N, 3]
+        """Edge-vector and radial neighbour blocks of the local atoms, differentiable in ``pos`` [N, 3]
         (local and ghost atoms, explicit positions: no shifts), and the neighbour of each slot."""
         data: AtomicDataDict.Type = {
             AtomicDataDict.POSITIONS_KEY: pos,
@@ -116,7 +124,7 @@ class DeployedEnergyModel(torch.nn.Module):
     def exchange_step(
         self,
         step: int,
-        angular: torch.Tensor,
+        vectors: torch.Tensor,
         radial: torch.Tensor,
         neighbor_blocks: torch.Tensor,
         coefficients: torch.Tensor,
@@ -124,9 +132,9 @@ class DeployedEnergyModel(torch.nn.Module):
     ) -> torch.Tensor:
         """c⁽ᵗ⁺¹⁾ [num_local, K] of the local atoms (the block rows) from c⁽ᵗ⁾ [N, K] of local and
         ghost atoms."""
-        num_local = angular.shape[0]
+        num_local = vectors.shape[0]
         density = self.energy_model.density.density_at_step(
-            step, angular, radial, neighbor_blocks, coefficients
+            step, vectors, radial, neighbor_blocks, coefficients
         )
         return self.energy_model.density.update_at_step(
             step, coefficients[:num_local], density, atom_types[:num_local]
@@ -135,16 +143,16 @@ class DeployedEnergyModel(torch.nn.Module):
     @torch.jit.export
     def exchange_energy(
         self,
-        angular: torch.Tensor,
+        vectors: torch.Tensor,
         radial: torch.Tensor,
         neighbor_blocks: torch.Tensor,
         coefficients: torch.Tensor,
         atom_types: torch.Tensor,
     ) -> torch.Tensor:
         """Atomic energies [num_local] (float64) from the final coefficients c⁽ᵀ⁾ [N, K]."""
-        num_local = angular.shape[0]
+        num_local = vectors.shape[0]
         density = self.energy_model.density.density_at_step(
-            self.num_recursions, angular, radial, neighbor_blocks, coefficients
+            self.num_recursions, vectors, radial, neighbor_blocks, coefficients
         )
         data: AtomicDataDict.Type = {
             AtomicDataDict.NODE_FEATURES_KEY: density,

@@ -8,6 +8,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
 from ..deploy.build import read_metadata
+from ..deploy.kernels import load_deployed_file
 
 # two atoms closer than this (Å) are almost surely a broken structure, not physics
 MIN_DISTANCE = 0.1
@@ -26,7 +27,7 @@ class _DeployedFile:
             raise ValueError(
                 f"`{path}` is a `{self.kind}` model; the {role} must be one of {expected_kinds}"
             )
-        self.module = torch.jit.load(path, map_location="cpu")
+        self.module = load_deployed_file(path)
         self.type_names = self.metadata["type_names"].split()
         self.neighbor_list = NeighborList(cutoff=float(self.metadata["r_max"]), full_list=True)
 

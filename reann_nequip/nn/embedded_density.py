@@ -50,15 +50,31 @@ class CartesianMonomials(torch.nn.Module):
         self.register_buffer("order", torch.tensor([sum(e) for e in exponents]))  # [C], L of each
 
     def forward(self, vectors: torch.Tensor) -> torch.Tensor:
-        """``vectors``: [num_edges, 3] in Å → [num_edges, C]."""
-        powers = [torch.ones_like(vectors)]
-        for _ in range(self.l_max):
-            powers.append(powers[-1] * vectors)
-        powers_t = torch.stack(powers, dim=0)  # [l_max + 1, num_edges, 3]
-        x = torch.index_select(powers_t[:, :, 0], 0, self.exponents[:, 0])  # [C, num_edges]
-        y = torch.index_select(powers_t[:, :, 1], 0, self.exponents[:, 1])
-        z = torch.index_select(powers_t[:, :, 2], 0, self.exponents[:, 2])
-        return (x * y * z * self.weights.unsqueeze(-1)).t().contiguous()
+        """See :func:`cartesian_monomials`: [B, 3, *S] → [B, C, *S]."""
+        return cartesian_monomials(vectors, self.exponents, self.weights, self.l_max)
+
+
+def cartesian_monomials(
+    vectors: torch.Tensor, exponents: torch.Tensor, weights: torch.Tensor, l_max: int
+) -> torch.Tensor:
+    """Weighted monomials w_c x^a y^b z^c, Cartesian components along dimension 1 (Å):
+    [B, 3, *S] → [B, C, *S] (edges [num_edges, 3] → [num_edges, C]; neighbour blocks
+    [num_atoms, 3, J] → [num_atoms, C, J]).
+
+    Args:
+        vectors: the vectors
+        exponents: [C, 3] (a, b, c) of each component
+        weights: [C] w_c
+        l_max: the largest a + b + c
+    """
+    powers = [torch.ones_like(vectors)]
+    for _ in range(l_max):
+        powers.append(powers[-1] * vectors)
+    powers_t = torch.stack(powers, dim=1)  # [B, l_max + 1, 3, *S]
+    x = torch.index_select(powers_t.select(2, 0), 1, exponents[:, 0])  # [B, C, *S]
+    y = torch.index_select(powers_t.select(2, 1), 1, exponents[:, 1])
+    z = torch.index_select(powers_t.select(2, 2), 1, exponents[:, 2])
+    return x * y * z * weights.view([-1] + [1] * (vectors.dim() - 2))
 
 
 def neighbor_slots(center: torch.Tensor, num_atoms: int) -> Tuple[torch.Tensor, int]:
@@ -151,39 +167,84 @@ def edge_orbitals(
     return summed.view(num_atoms, num_components, num_gaussians)
 
 
-def embedded_density(
-    orbitals: torch.Tensor, pair_mixing: torch.Tensor, pairs: torch.Tensor, order: torch.Tensor
-) -> torch.Tensor:
-    """The REANN density ρ_m = Σ_L Σ_{c of order L} (Σ_k b_ck W[L]_km)² of given orbitals.
+class OrbitalGram(torch.nn.Module):
+    """Per-order Gram matrices of the orbitals of every centre, from its neighbour blocks.
 
-    The squared mixing is expanded as a quadratic form, ρ_m = Σ_L Σ_{k≤k'} G[L]_kk' Q[L]_kk'm
-    with G[L]_kk' = Σ_{c of order L} b_ck b_ck' and Q[L]_kk'm = (2 − δ_kk') W[L]_km W[L]_k'm,
-    so the only per-atom tensors are [C, K] and [L + 1, K(K + 1)/2] instead of [C, M].
+    G[L]_kk' = Σ_{c of order L} b_ck b_ck' for the pairs k ≤ k', with b the orbitals of
+    :func:`block_orbitals` on the monomials of the neighbour vectors. REANN's density is linear
+    in them: ρ_m = Σ_L Σ_{k≤k'} G[L]_kk' Q[L]_kk'm with Q[L]_kk'm = (2 − δ_kk') W[L]_km W[L]_k'm,
+    so after the neighbour sum the only per-atom tensors are [C, K] and [L_max + 1, P] instead
+    of [C, M].
 
     Args:
-        orbitals: [num_atoms, C, K] b
-        pair_mixing: [(L_max + 1) · P, M] Q, P = K(K + 1)/2 pairs k ≤ k'
-        pairs: [2, P] the (k, k') of each pair
-        order: [C] L of each component
-
-    Returns:
-        [num_atoms, M] density ρ
+        num_gaussians (int): K
+        monomials (CartesianMonomials): the monomials (their tables are copied)
     """
-    products = torch.index_select(orbitals, 2, pairs[0]) * torch.index_select(
-        orbitals, 2, pairs[1]
-    )  # [num_atoms, C, P]
-    gram = torch.zeros(
-        orbitals.shape[0],
-        pair_mixing.shape[0] // pairs.shape[1],
-        pairs.shape[1],
-        dtype=products.dtype,
-        device=products.device,
-    ).index_add_(1, order, products)  # [num_atoms, L_max + 1, P]
-    return torch.mm(gram.flatten(1), pair_mixing)
+
+    def __init__(self, num_gaussians: int, monomials: CartesianMonomials):
+        super().__init__()
+        self.l_max = monomials.l_max
+        self.num_orders = monomials.l_max + 1
+        for name in ("exponents", "weights", "order"):
+            self.register_buffer(name, getattr(monomials, name).clone(), persistent=False)
+        # [2, P] the (k, k') of each pair k <= k', row by row
+        pairs = torch.triu_indices(num_gaussians, num_gaussians)
+        self.register_buffer("pairs", pairs, persistent=False)
+
+    def forward(
+        self,
+        vectors: torch.Tensor,
+        radial: torch.Tensor,
+        neighbor: torch.Tensor,
+        coefficients: torch.Tensor,
+    ) -> torch.Tensor:
+        """Neighbour vectors [num_atoms, 3, J] (Å, zero in padding slots) and the other
+        arguments of :func:`block_orbitals` → G [num_atoms, (L_max + 1) · P]."""
+        angular = cartesian_monomials(
+            vectors, self.exponents, self.weights.to(vectors.dtype), self.l_max
+        )
+        orbitals = block_orbitals(angular, radial, neighbor, coefficients)  # [num_atoms, C, K]
+        products = torch.index_select(orbitals, 2, self.pairs[0]) * torch.index_select(
+            orbitals, 2, self.pairs[1]
+        )  # [num_atoms, C, P]
+        gram = torch.zeros(
+            orbitals.shape[0],
+            self.num_orders,
+            self.pairs.shape[1],
+            dtype=products.dtype,
+            device=products.device,
+        ).index_add_(1, self.order, products)
+        return gram.flatten(1)
+
+
+class FusedOrbitalGram(OrbitalGram):
+    """:class:`OrbitalGram` by the C++ kernel ``torch.ops.reann.orbital_gram`` (CPU): one pass
+    per centre computes monomials, orbitals and Gram matrices in cache, so no per-slot tensor
+    ([num_atoms, C, J], [num_atoms, J, K]) is formed or kept for the backward pass. Deployed
+    models use it. Its backward pass is not differentiable (forces, not their gradients), so
+    models are trained with :class:`OrbitalGram`. The kernel library must be loaded
+    (:func:`reann_nequip.deploy.kernels.load_kernels`) before scripting or calling it."""
+
+    def forward(
+        self,
+        vectors: torch.Tensor,
+        radial: torch.Tensor,
+        neighbor: torch.Tensor,
+        coefficients: torch.Tensor,
+    ) -> torch.Tensor:
+        """As :meth:`OrbitalGram.forward`."""
+        return torch.ops.reann.orbital_gram(
+            vectors,
+            radial,
+            neighbor,
+            coefficients,
+            self.exponents,
+            self.weights.to(vectors.dtype),
+        )
 
 
 def direct_embedded_density(orbitals: torch.Tensor, mixing: torch.Tensor) -> torch.Tensor:
-    """The density of :func:`embedded_density` as written, ρ_m = Σ_c (Σ_k b_ck W[L(c)]_km)².
+    """The density of :class:`OrbitalGram` times the pair mixing, as written, ρ_m = Σ_c (Σ_k b_ck W[L(c)]_km)².
 
     Used under graph capture: Inductor (torch 2.13) compiles the Gram form into multithreaded
     CPU kernels that corrupt memory, while this form compiles correctly. It forms a

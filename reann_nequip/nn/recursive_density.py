@@ -10,10 +10,10 @@ from nequip.nn import GraphModuleMixin, with_edge_vectors_
 from .element_networks import ElementNetworks
 from .embedded_density import (
     CartesianMonomials,
-    block_orbitals,
+    FusedOrbitalGram,
+    OrbitalGram,
     direct_embedded_density,
     edge_orbitals,
-    embedded_density,
     neighbor_slots,
     to_neighbor_blocks,
 )
@@ -50,7 +50,9 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
     Two forms of the same sums: eager and TorchScript runs gather the edges into dense per-centre
     neighbour blocks (:meth:`geometry`, fast); while a graph is captured (``nequip-compile``, see
     :func:`~reann_nequip.nn.graph_capture.capturing_graph`) they run edge by edge
-    (:meth:`edge_geometry`), which has no data-dependent sizes.
+    (:meth:`edge_geometry`), which has no data-dependent sizes. On the blocks, the orbitals' Gram
+    matrices come from torch operations (:class:`OrbitalGram`), or in deployed models from a C++
+    kernel (:meth:`use_fused_kernels`).
 
     Reads ``edge_vectors`` and ``edge_embedding`` [num_edges, K]; writes ``node_features``
     [num_atoms, M] in the model dtype.
@@ -91,8 +93,8 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
         bound = math.sqrt(6.0 / (num_gaussians + num_orbitals))
         mixing = torch.empty(num_mixings, 1, num_gaussians, num_orbitals).uniform_(-bound, bound)
         self.mixing = torch.nn.Parameter(mixing.repeat(1, l_max + 1, 1, 1).contiguous())
-        pairs = torch.triu_indices(num_gaussians, num_gaussians)  # [2, P], k <= k'
-        self.register_buffer("pairs", pairs, persistent=False)
+        self.orbital_gram = OrbitalGram(num_gaussians, self.monomials)
+        pairs = self.orbital_gram.pairs  # [2, P], k <= k'
         # an off-diagonal pair stands for both (k, k') and (k', k)
         self.register_buffer(
             "pair_multiplicity",
@@ -115,6 +117,11 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
             irreps_out={AtomicDataDict.NODE_FEATURES_KEY: f"{num_orbitals}x0e"},
         )
 
+    def use_fused_kernels(self) -> None:
+        """Compute the orbitals' Gram matrices with the C++ kernel (:class:`FusedOrbitalGram`),
+        for inference: its backward pass gives forces but cannot be differentiated again."""
+        self.orbital_gram = FusedOrbitalGram(self.initial_coefficients.shape[1], self.monomials)
+
     def _mixing_for_step(self, step: int) -> torch.Tensor:
         """W[L] [L_max + 1, K, M] of recursion step ``step`` (shared, or one per step)."""
         return self.mixing[step if self.mixing.shape[0] > 1 else 0]
@@ -123,8 +130,8 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
         """Q[L]_kk'm = (2 − δ_kk') W[L]_km W[L]_k'm for k ≤ k': [(L_max + 1) · P, M]."""
         mixing = self._mixing_for_step(step)  # [L_max + 1, K, M]
         pair_mixing = (
-            torch.index_select(mixing, 1, self.pairs[0])
-            * torch.index_select(mixing, 1, self.pairs[1])
+            torch.index_select(mixing, 1, self.orbital_gram.pairs[0])
+            * torch.index_select(mixing, 1, self.orbital_gram.pairs[1])
             * self.pair_multiplicity.to(mixing.dtype)
         )  # [L_max + 1, P, M]
         return pair_mixing.view(-1, mixing.shape[2])
@@ -134,30 +141,35 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
     def geometry(
         self, data: AtomicDataDict.Type, num_centers: int
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The edges as dense per-centre neighbour blocks, shared by all recursion steps:
-        angular monomials [num_centers, C, max_neighbors], radial functions
+        """The edges as dense per-centre neighbour blocks, shared by all recursion steps: edge
+        vectors [num_centers, 3, max_neighbors] (Å), radial functions
         [num_centers, max_neighbors, K] and the neighbour atom of each slot
         [num_centers · max_neighbors]. Every edge centre must be below ``num_centers``."""
-        angular, radial, edge_index = self.edge_geometry(data)
+        vectors, radial, edge_index = self._edge_vectors(data)
         slot, max_neighbors = neighbor_slots(edge_index[0], num_centers)
-        angular = to_neighbor_blocks(angular, slot, num_centers, max_neighbors)
-        angular = angular.transpose(1, 2).contiguous()  # [num_centers, C, max_neighbors]
+        vector_blocks = to_neighbor_blocks(vectors, slot, num_centers, max_neighbors)
         radial = to_neighbor_blocks(radial, slot, num_centers, max_neighbors)
-        # padding slots point at atom 0; their radial functions are zero
+        # padding slots point at atom 0 and hold zero vectors; their radial functions are zero
         neighbor_blocks = to_neighbor_blocks(
             edge_index[1].unsqueeze(1), slot, num_centers, max_neighbors
         ).view(-1)
-        return angular, radial, neighbor_blocks
+        return vector_blocks.transpose(1, 2).contiguous(), radial, neighbor_blocks
 
     def edge_geometry(
         self, data: AtomicDataDict.Type
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Angular monomials [num_edges, C], radial functions [num_edges, K] and the
+        """Edge vectors [num_edges, 3] (Å), radial functions [num_edges, K] and the
         ``edge_index`` [2, num_edges] of every edge."""
+        return self._edge_vectors(data)
+
+    def _edge_vectors(
+        self, data: AtomicDataDict.Type
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Edge vectors [num_edges, 3] (Å, model dtype), radial functions [num_edges, K] and
+        ``edge_index`` [2, num_edges]."""
         data = with_edge_vectors_(data, with_lengths=True)
-        vectors = data[AtomicDataDict.EDGE_VECTORS_KEY].to(self._model_dtype)
         return (
-            self.monomials(vectors),
+            data[AtomicDataDict.EDGE_VECTORS_KEY].to(self._model_dtype),
             data[AtomicDataDict.EDGE_EMBEDDING_KEY],
             data[AtomicDataDict.EDGE_INDEX_KEY],
         )
@@ -169,7 +181,7 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
     def density_at_step(
         self,
         step: int,
-        angular: torch.Tensor,
+        vectors: torch.Tensor,
         radial: torch.Tensor,
         neighbors: torch.Tensor,
         coefficients: torch.Tensor,
@@ -179,11 +191,11 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
         the edges of :meth:`edge_geometry` (``neighbors`` = ``edge_index`` [2, num_edges],
         centres = all atoms)."""
         if neighbors.dim() == 1:
-            orbitals = block_orbitals(angular, radial, neighbors, coefficients)
-            return embedded_density(
-                orbitals, self._pair_mixing_for_step(step), self.pairs, self.monomials.order
-            )
-        orbitals = edge_orbitals(angular, radial, neighbors, coefficients, coefficients.shape[0])
+            gram = self.orbital_gram(vectors, radial, neighbors, coefficients)
+            return torch.mm(gram, self._pair_mixing_for_step(step))
+        orbitals = edge_orbitals(
+            self.monomials(vectors), radial, neighbors, coefficients, coefficients.shape[0]
+        )
         return direct_embedded_density(
             orbitals, torch.index_select(self._mixing_for_step(step), 0, self.monomials.order)
         )
@@ -200,17 +212,17 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
     def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
         atom_types = data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
         if capturing_graph():
-            angular, radial, neighbors = self.edge_geometry(data)
+            vectors, radial, neighbors = self.edge_geometry(data)
         else:
-            angular, radial, neighbors = self.geometry(data, atom_types.shape[0])
+            vectors, radial, neighbors = self.geometry(data, atom_types.shape[0])
 
         coefficients = self.initial_coefficients_of(atom_types)
         step = 0
         for update in self.updates:
-            density = self.density_at_step(step, angular, radial, neighbors, coefficients)
+            density = self.density_at_step(step, vectors, radial, neighbors, coefficients)
             coefficients = update(coefficients, density, atom_types)
             step += 1
         data[AtomicDataDict.NODE_FEATURES_KEY] = self.density_at_step(
-            step, angular, radial, neighbors, coefficients
+            step, vectors, radial, neighbors, coefficients
         )
         return data

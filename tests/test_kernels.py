@@ -1,0 +1,141 @@
+"""The C++ kernel ``reann::orbital_gram`` equals the torch form it replaces in deployed models."""
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from reann_nequip.integrations.lammps import KERNEL_FILE, plugin_directory
+from reann_nequip.nn import CartesianMonomials, FusedOrbitalGram, OrbitalGram
+
+pytestmark = pytest.mark.skipif(
+    not (pathlib.Path(plugin_directory()) / KERNEL_FILE).exists(),
+    reason="the kernel library is not built (`reann-nequip build-lammps`, or `make install`)",
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernels():
+    from reann_nequip.deploy.kernels import load_kernels
+
+    load_kernels()
+
+
+def neighbor_blocks(num_centers, slots, num_gaussians, num_atoms, dtype, seed=0):
+    """Random blocks as ``geometry`` makes them: each centre fills its first slots, the rest
+    are padding (zero vectors, zero radial functions, neighbour 0)."""
+    generator = torch.Generator().manual_seed(seed)
+    vectors = 2.0 * torch.randn(num_centers, 3, slots, generator=generator, dtype=dtype)
+    radial = torch.rand(num_centers, slots, num_gaussians, generator=generator, dtype=dtype)
+    neighbor = torch.randint(0, num_atoms, (num_centers, slots), generator=generator)
+    filled = torch.randint(0, slots + 1, (num_centers, 1), generator=generator)
+    padding = torch.arange(slots).unsqueeze(0) >= filled  # [num_centers, slots]
+    vectors = vectors.masked_fill(padding.unsqueeze(1), 0.0)
+    radial = radial.masked_fill(padding.unsqueeze(2), 0.0)
+    neighbor = neighbor.masked_fill(padding, 0).view(-1)
+    coefficients = torch.randn(num_atoms, num_gaussians, generator=generator, dtype=dtype)
+    return vectors, radial, neighbor, coefficients
+
+
+def gram_and_gradients(module, vectors, radial, neighbor, coefficients):
+    inputs = [t.clone().requires_grad_(True) for t in (vectors, radial, coefficients)]
+    gram = module(inputs[0], inputs[1], neighbor, inputs[2])
+    weights = torch.linspace(-1.0, 2.0, gram.numel(), dtype=gram.dtype).view_as(gram)
+    (gram * weights).sum().backward()
+    # at l_max = 0 the torch form does not depend on the vectors at all
+    return [gram.detach()] + [torch.zeros_like(t) if t.grad is None else t.grad for t in inputs]
+
+
+@pytest.mark.parametrize(
+    "l_max, num_gaussians, dtype, rtol",
+    [
+        (0, 1, torch.float64, 1e-12),
+        (1, 5, torch.float64, 1e-12),
+        (2, 8, torch.float64, 1e-12),
+        (3, 3, torch.float64, 1e-12),
+        (2, 8, torch.float32, 1e-5),
+    ],
+)
+def test_kernel_equals_torch_form_with_gradients(l_max, num_gaussians, dtype, rtol):
+    # 40 centres whose neighbours include 25 further (ghost) atoms
+    blocks = neighbor_blocks(40, 13, num_gaussians, 65, dtype)
+    monomials = CartesianMonomials(l_max)
+    reference = gram_and_gradients(OrbitalGram(num_gaussians, monomials), *blocks)
+    fused = gram_and_gradients(FusedOrbitalGram(num_gaussians, monomials), *blocks)
+    for name, expected, actual in zip(("gram", "vectors", "radial", "coeffs"), reference, fused):
+        scale = expected.abs().max()
+        assert scale > 0 or (name == "vectors" and l_max == 0), name
+        torch.testing.assert_close(actual, expected, rtol=0, atol=rtol * max(scale, 1.0), msg=name)
+
+
+def test_kernel_gradcheck():
+    vectors, radial, neighbor, coefficients = neighbor_blocks(5, 4, 3, 7, torch.float64, seed=2)
+    module = FusedOrbitalGram(3, CartesianMonomials(2))
+    assert torch.autograd.gradcheck(
+        lambda v, r, c: module(v, r, neighbor, c),
+        (vectors.requires_grad_(), radial.requires_grad_(), coefficients.requires_grad_()),
+    )
+
+
+def test_kernel_threads_agree():
+    blocks = neighbor_blocks(200, 17, 8, 260, torch.float64, seed=3)
+    module = FusedOrbitalGram(8, CartesianMonomials(2))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = gram_and_gradients(module, *blocks)
+        torch.set_num_threads(2)
+        parallel = gram_and_gradients(module, *blocks)
+    finally:
+        torch.set_num_threads(threads)
+    for expected, actual in zip(serial, parallel):
+        torch.testing.assert_close(actual, expected, rtol=1e-13, atol=1e-13)
+
+
+def test_kernel_empty_blocks():
+    """A rank that owns no atoms, and centres without neighbours (zero slots)."""
+    module = FusedOrbitalGram(4, CartesianMonomials(2))
+    for num_centers, slots in ((0, 5), (3, 0)):
+        vectors, radial, neighbor, coefficients = neighbor_blocks(
+            num_centers, slots, 4, 6, torch.float64
+        )
+        vectors.requires_grad_(True)
+        coefficients.requires_grad_(True)
+        gram = module(vectors, radial, neighbor, coefficients)
+        assert gram.shape == (num_centers, 3 * 10) and bool((gram == 0).all())
+        gram.sum().backward()
+        assert coefficients.grad.shape == coefficients.shape
+
+
+def test_kernel_refuses_second_derivative():
+    vectors, radial, neighbor, coefficients = neighbor_blocks(4, 3, 2, 4, torch.float64)
+    vectors.requires_grad_(True)
+    gram = FusedOrbitalGram(2, CartesianMonomials(1))(vectors, radial, neighbor, coefficients)
+    with pytest.raises(RuntimeError, match="no second derivative"):
+        torch.autograd.grad(gram.sum(), vectors, create_graph=True)
+
+
+def test_kernel_refuses_bad_inputs():
+    vectors, radial, neighbor, coefficients = neighbor_blocks(4, 3, 2, 4, torch.float64)
+    module = FusedOrbitalGram(2, CartesianMonomials(1))
+    with pytest.raises(RuntimeError, match="neighbour index is outside the 4 atoms"):
+        module(vectors, radial, neighbor + 4, coefficients)
+    with pytest.raises(RuntimeError, match="do not match vectors"):
+        module(vectors, radial[:, :2], neighbor, coefficients)
+    with pytest.raises(RuntimeError, match="share one dtype"):
+        module(vectors, radial.float(), neighbor, coefficients)
+
+
+def test_missing_kernel_library_is_a_clear_error(tmp_path):
+    script = (
+        "import reann_nequip.integrations.lammps as lammps\n"
+        f"lammps.plugin_directory = lambda: {str(tmp_path)!r}\n"
+        "from reann_nequip.deploy.kernels import load_kernels\n"
+        "load_kernels()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert f"{tmp_path / KERNEL_FILE}` is not built" in result.stderr
+    assert "reann-nequip build-lammps" in result.stderr

@@ -14,6 +14,7 @@ Example::
 """
 
 import argparse
+import itertools
 import os
 import pathlib
 import platform
@@ -121,7 +122,13 @@ def run_with_peak_rss(
 
 
 def run_lammps(
-    workdir: pathlib.Path, model: pathlib.Path, replicas, ranks: int, steps: int, mode: str
+    workdir: pathlib.Path,
+    model: pathlib.Path,
+    replicas,
+    ranks: int,
+    steps: int,
+    mode: str,
+    memory: str = "keep",
 ) -> Dict:
     nx, ny, nz = replicas
     (workdir / "in.lmp").write_text(
@@ -131,7 +138,7 @@ read_data water.lmp
 replicate {nx} {ny} {nz}
 mass 1 15.999
 mass 2 1.008
-pair_style reann mode {mode}
+pair_style reann mode {mode} memory {memory}
 pair_coeff * * {model} O H
 velocity all create 300 12345 dist gaussian
 timestep 0.0005
@@ -185,6 +192,13 @@ def main(argv: Optional[List[str]] = None) -> None:
         default=None,
         help=f"MD steps (default: ~2e5 atom-steps, 5 to {MAX_STEPS})",
     )
+    parser.add_argument(
+        "--memory",
+        nargs="+",
+        default=["keep"],
+        choices=["keep", "release"],
+        help="pair_style reann memory policy: keep freed memory in the process, or return it",
+    )
     args = parser.parse_args(argv)
 
     from ase.io import write
@@ -194,23 +208,32 @@ def main(argv: Optional[List[str]] = None) -> None:
         write(tmp / "water.lmp", water_frame(args.data), format="lammps-data", specorder=TYPE_NAMES)
         models = deploy_default_models(tmp, args.dtypes)
         rows = []
-        for dtype in args.dtypes:
+        for dtype, memory in itertools.product(args.dtypes, args.memory):
             for size in args.sizes:
                 for ranks in args.ranks:
                     for mode in ["images"] if ranks == 1 else args.modes:
                         if mode == "shell" and size > SHELL_MAX_ATOMS:
                             continue
                         steps = args.steps or max(5, min(MAX_STEPS, 200000 // size))
-                        workdir = tmp / f"{dtype}_{size}_{ranks}_{mode}"
+                        workdir = tmp / f"{dtype}_{memory}_{size}_{ranks}_{mode}"
                         workdir.mkdir()
                         (workdir / "water.lmp").write_bytes((tmp / "water.lmp").read_bytes())
-                        row = run_lammps(workdir, models[dtype], REPLICAS[size], ranks, steps, mode)
+                        row = run_lammps(
+                            workdir, models[dtype], REPLICAS[size], ranks, steps, mode, memory
+                        )
                         rows.append(
-                            {"dtype": dtype, "ranks": ranks, "mode": mode, "steps": steps, **row}
+                            {
+                                "dtype": dtype,
+                                "memory": memory,
+                                "ranks": ranks,
+                                "mode": mode,
+                                "steps": steps,
+                                **row,
+                            }
                         )
                         print(
-                            f"  {dtype} {row['atoms']:>6} atoms {ranks} rank(s) {mode}: "
-                            f"{row['us_per_atom_step']:.1f} µs/atom-step",
+                            f"  {dtype} memory {memory} {row['atoms']:>6} atoms {ranks} rank(s) "
+                            f"{mode}: {row['us_per_atom_step']:.1f} µs/atom-step",
                             file=sys.stderr,
                             flush=True,
                         )
@@ -219,20 +242,25 @@ def main(argv: Optional[List[str]] = None) -> None:
         f"\npair_style reann, bulk water, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, 1 torch thread per rank\n"
     )
-    serial = {(r["dtype"], r["atoms"]): r["us_per_atom_step"] for r in rows if r["ranks"] == 1}
+    serial = {
+        (r["dtype"], r["memory"], r["atoms"]): r["us_per_atom_step"]
+        for r in rows
+        if r["ranks"] == 1
+    }
     print(
-        "| dtype | atoms | ranks | mode | steps | µs/atom-step | speed-up vs 1 rank "
+        "| dtype | memory | atoms | ranks | mode | steps | µs/atom-step | speed-up vs 1 rank "
         "| parallel efficiency | pair share | peak RSS per rank (MB) |"
     )
-    print("|" + "---|" * 10)
+    print("|" + "---|" * 11)
     for row in rows:
-        reference = serial.get((row["dtype"], row["atoms"]))
+        reference = serial.get((row["dtype"], row["memory"], row["atoms"]))
         speedup, efficiency = "–", "–"
         if reference:
             speedup = f"{reference / row['us_per_atom_step']:.2f}"
             efficiency = f"{100 * reference / row['us_per_atom_step'] / row['ranks']:.0f}%"
         print(
-            f"| {row['dtype']} | {row['atoms']} | {row['ranks']} | {row['mode']} | {row['steps']} | "
+            f"| {row['dtype']} | {row['memory']} | {row['atoms']} | {row['ranks']} | {row['mode']} "
+            f"| {row['steps']} | "
             f"{row['us_per_atom_step']:.1f} | {speedup} | {efficiency} | "
             f"{100 * row['pair_fraction']:.0f}% | {row['peak_rss_mb']:.0f} |"
         )

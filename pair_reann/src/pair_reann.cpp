@@ -1,6 +1,7 @@
 /* pair_style reann: see pair_reann.h for the three ways ghost atoms reach the model. */
 
 #include "pair_reann.h"
+#include "tensor_block_cache.h"
 
 #include "atom.h"
 #include "comm.h"
@@ -18,10 +19,8 @@
 #include <algorithm>
 #include <cstring>
 #ifdef __GLIBC__
-#include <malloc.h>
 #endif
 #include <fstream>
-#include <limits>
 #include <sstream>
 
 using namespace LAMMPS_NS;
@@ -104,20 +103,8 @@ void PairREANN::settings(int narg, char **arg)
     }
   }
   at::set_num_threads(num_threads);
-  if (keep_memory) keep_freed_memory();
-}
-
-// The model allocates the same large tensors (neighbour blocks, their gradients) every step.
-// glibc serves blocks above 32 MB with mmap and returns them on free, so each step would fault
-// those pages in again (zeroed by the kernel): 153.6 instead of 53.4 µs/atom-step at 24,576 water
-// atoms on one rank (float32). Keep every block on the heap and freed memory in the process for the
-// next step; the resident size stays near the per-step peak (3.8 instead of 3.5 GB there).
-void PairREANN::keep_freed_memory()
-{
-#ifdef __GLIBC__
-  mallopt(M_MMAP_MAX, 0);
-  mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max());
-#endif
+  // torch's CPU allocator from now on, for the whole process (see tensor_block_cache.h)
+  if (keep_memory) TensorBlockCache::install();
 }
 
 void PairREANN::load_model(const std::string &path)
@@ -324,6 +311,7 @@ int PairREANN::build_graph(GhostMode mode)
 void PairREANN::compute(int eflag, int vflag)
 {
   ev_init(eflag, vflag);
+  if (keep_memory) TensorBlockCache::install().next_step();
   if (vflag_atom)
     error->all(FLERR, "pair_style reann does not compute per-atom virials (requested by compute "
                       "stress/atom or similar)");

@@ -49,7 +49,6 @@ class PairREANN : public Pair {
   enum class GhostMode { AUTO, IMAGES, SHELL, EXCHANGE };
 
   void allocate();
-  static void keep_freed_memory();
   void load_model(const std::string &path);
   GhostMode resolved_mode() const;
   // fill the model inputs; returns the number of atoms whose energies count

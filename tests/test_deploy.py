@@ -286,43 +286,43 @@ def test_coefficient_exchange_stages_equal_periodic_model():
         )
 
     # === forward, one stage at a time ===
-    vectors, radial, neighbor_blocks = deployed.exchange_geometry(
+    geometry, radial, neighbor_blocks = deployed.exchange_geometry(
         positions, atom_types, edges, num_local
     )
-    vector_leaf = vectors.detach().requires_grad_(True)
+    geometry_leaf = geometry.detach().requires_grad_(True)
     radial_leaf = radial.detach().requires_grad_(True)
     coefficients = deployed.exchange_initial_coefficients(atom_types)
     leaves, outputs = [], []
     for step in range(num_recursions):
         leaf = coefficients.detach().requires_grad_(True)
         local_next = deployed.exchange_step(
-            step, vector_leaf, radial_leaf, neighbor_blocks, leaf, atom_types
+            step, geometry_leaf, radial_leaf, neighbor_blocks, leaf, atom_types
         )
         leaves.append(leaf)
         outputs.append(local_next)
         coefficients = to_ghosts(local_next.detach())
     leaf = coefficients.detach().requires_grad_(True)
     atomic_energy = deployed.exchange_energy(
-        vector_leaf, radial_leaf, neighbor_blocks, leaf, atom_types
+        geometry_leaf, radial_leaf, neighbor_blocks, leaf, atom_types
     )
     np.testing.assert_allclose(atomic_energy.detach(), energies, rtol=1e-12)
 
     # === backward, stage by stage ===
-    grad_coefficients, grad_vectors, grad_radial = torch.autograd.grad(
-        atomic_energy.sum(), [leaf, vector_leaf, radial_leaf]
+    grad_coefficients, grad_geometry, grad_radial = torch.autograd.grad(
+        atomic_energy.sum(), [leaf, geometry_leaf, radial_leaf]
     )
     for step in reversed(range(num_recursions)):
         grads = torch.autograd.grad(
             outputs[step],
-            [leaves[step], vector_leaf, radial_leaf],
+            [leaves[step], geometry_leaf, radial_leaf],
             grad_outputs=to_owners(grad_coefficients),
             allow_unused=True,
         )
         grad_coefficients = grads[0]
-        grad_vectors = grad_vectors + grads[1]
+        grad_geometry = grad_geometry + grads[1]
         grad_radial = grad_radial + grads[2]
     (grad_positions,) = torch.autograd.grad(
-        [vectors, radial], [positions], grad_outputs=[grad_vectors, grad_radial]
+        [geometry, radial], [positions], grad_outputs=[grad_geometry, grad_radial]
     )
     forces = -grad_positions.detach()
     np.testing.assert_allclose(to_owners(forces), periodic_forces, atol=1e-12)

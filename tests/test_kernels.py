@@ -41,7 +41,7 @@ def neighbor_blocks(num_centers, slots, num_gaussians, num_atoms, dtype, seed=0)
 
 def gram_and_gradients(module, vectors, radial, neighbor, coefficients):
     inputs = [t.clone().requires_grad_(True) for t in (vectors, radial, coefficients)]
-    gram = module(inputs[0], inputs[1], neighbor, inputs[2])
+    gram = module(module.block_geometry(inputs[0]), inputs[1], neighbor, inputs[2])
     weights = torch.linspace(-1.0, 2.0, gram.numel(), dtype=gram.dtype).view_as(gram)
     (gram * weights).sum().backward()
     # at l_max = 0 the torch form does not depend on the vectors at all

@@ -420,17 +420,18 @@ PairREANN::compute_exchange(const std::vector<torch::jit::IValue> &graph)
   // === forward: geometry once, then one recursion step at a time ===
   auto geometry =
       model.get_method("exchange_geometry")({pos, types, edges, num_local}).toTuple();
-  // per-centre neighbour blocks of the local atoms: edge vectors, radial functions, neighbour of each slot
-  const torch::Tensor vectors = geometry->elements()[0].toTensor();
+  // per-centre blocks of the local atoms: slot geometry (edge vectors), radial functions,
+  // neighbour of each slot
+  const torch::Tensor slot_geometry = geometry->elements()[0].toTensor();
   const torch::Tensor radial = geometry->elements()[1].toTensor();
   const torch::Tensor neighbor_blocks = geometry->elements()[2].toTensor();
-  const torch::Tensor vector_leaf = vectors.detach().requires_grad_(true);
+  const torch::Tensor geometry_leaf = slot_geometry.detach().requires_grad_(true);
   const torch::Tensor radial_leaf = radial.detach().requires_grad_(true);
   torch::Tensor coefficients = model.get_method("exchange_initial_coefficients")({types}).toTensor();
   std::vector<torch::Tensor> step_inputs, step_outputs;
   for (int64_t step = 0; step < num_recursions; step++) {
     step_inputs.push_back(coefficients.detach().requires_grad_(true));
-    step_outputs.push_back(model.get_method("exchange_step")({step, vector_leaf, radial_leaf,
+    step_outputs.push_back(model.get_method("exchange_step")({step, geometry_leaf, radial_leaf,
                                                              neighbor_blocks, step_inputs.back(),
                                                              types})
                                .toTensor());
@@ -439,7 +440,7 @@ PairREANN::compute_exchange(const std::vector<torch::jit::IValue> &graph)
   const torch::Tensor final_coefficients = coefficients.detach().requires_grad_(true);
   const torch::Tensor atomic_energy =
       model.get_method("exchange_energy")(
-               {vector_leaf, radial_leaf, neighbor_blocks, final_coefficients, types})
+               {geometry_leaf, radial_leaf, neighbor_blocks, final_coefficients, types})
           .toTensor();
 
   // === backward: the steps in reverse, ghost-coefficient gradients summed into their owners ===
@@ -447,22 +448,22 @@ PairREANN::compute_exchange(const std::vector<torch::jit::IValue> &graph)
     return gradient.defined() ? gradient : torch::zeros_like(like);
   };
   auto gradients = torch::autograd::grad({atomic_energy.sum()},
-                                         {final_coefficients, vector_leaf, radial_leaf}, {},
+                                         {final_coefficients, geometry_leaf, radial_leaf}, {},
                                          false, false, true);
   torch::Tensor coefficient_gradient = or_zeros(gradients[0], final_coefficients);
-  torch::Tensor vector_gradient = or_zeros(gradients[1], vector_leaf);
+  torch::Tensor geometry_gradient = or_zeros(gradients[1], geometry_leaf);
   torch::Tensor radial_gradient = or_zeros(gradients[2], radial_leaf);
   for (int64_t step = num_recursions - 1; step >= 0; step--) {
     const torch::Tensor output_gradient = gradients_to_owners(coefficient_gradient);
     gradients = torch::autograd::grad({step_outputs[step]},
-                                      {step_inputs[step], vector_leaf, radial_leaf},
+                                      {step_inputs[step], geometry_leaf, radial_leaf},
                                       {output_gradient}, false, false, true);
     coefficient_gradient = or_zeros(gradients[0], step_inputs[step]);
-    vector_gradient = vector_gradient + or_zeros(gradients[1], vector_leaf);
+    geometry_gradient = geometry_gradient + or_zeros(gradients[1], geometry_leaf);
     radial_gradient = radial_gradient + or_zeros(gradients[2], radial_leaf);
   }
   const auto position_gradient = torch::autograd::grad(
-      {vectors, radial}, {pos}, {vector_gradient, radial_gradient}, false, false, true)[0];
+      {slot_geometry, radial}, {pos}, {geometry_gradient, radial_gradient}, false, false, true)[0];
   const torch::Tensor forces = position_gradient.defined()
       ? -position_gradient.to(torch::kFloat64)
       : torch::zeros_like(pos);

@@ -104,7 +104,7 @@ class DeployedEnergyModel(torch.nn.Module):
     def exchange_geometry(
         self, pos: torch.Tensor, atom_types: torch.Tensor, edge_index: torch.Tensor, num_local: int
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Edge-vector and radial neighbour blocks of the local atoms, differentiable in ``pos`` [N, 3]
+        """Slot-geometry and radial neighbour blocks of the local atoms, differentiable in ``pos`` [N, 3]
         (local and ghost atoms, explicit positions: no shifts), and the neighbour of each slot."""
         data: AtomicDataDict.Type = {
             AtomicDataDict.POSITIONS_KEY: pos,
@@ -124,7 +124,7 @@ class DeployedEnergyModel(torch.nn.Module):
     def exchange_step(
         self,
         step: int,
-        vectors: torch.Tensor,
+        geometry: torch.Tensor,
         radial: torch.Tensor,
         neighbor_blocks: torch.Tensor,
         coefficients: torch.Tensor,
@@ -132,9 +132,9 @@ class DeployedEnergyModel(torch.nn.Module):
     ) -> torch.Tensor:
         """c⁽ᵗ⁺¹⁾ [num_local, K] of the local atoms (the block rows) from c⁽ᵗ⁾ [N, K] of local and
         ghost atoms."""
-        num_local = vectors.shape[0]
+        num_local = geometry.shape[0]
         density = self.energy_model.density.density_at_step(
-            step, vectors, radial, neighbor_blocks, coefficients
+            step, geometry, radial, neighbor_blocks, coefficients
         )
         return self.energy_model.density.update_at_step(
             step, coefficients[:num_local], density, atom_types[:num_local]
@@ -143,16 +143,16 @@ class DeployedEnergyModel(torch.nn.Module):
     @torch.jit.export
     def exchange_energy(
         self,
-        vectors: torch.Tensor,
+        geometry: torch.Tensor,
         radial: torch.Tensor,
         neighbor_blocks: torch.Tensor,
         coefficients: torch.Tensor,
         atom_types: torch.Tensor,
     ) -> torch.Tensor:
         """Atomic energies [num_local] (float64) from the final coefficients c⁽ᵀ⁾ [N, K]."""
-        num_local = vectors.shape[0]
+        num_local = geometry.shape[0]
         density = self.energy_model.density.density_at_step(
-            self.num_recursions, vectors, radial, neighbor_blocks, coefficients
+            self.num_recursions, geometry, radial, neighbor_blocks, coefficients
         )
         data: AtomicDataDict.Type = {
             AtomicDataDict.NODE_FEATURES_KEY: density,

@@ -191,19 +191,23 @@ class OrbitalGram(torch.nn.Module):
         pairs = torch.triu_indices(num_gaussians, num_gaussians)
         self.register_buffer("pairs", pairs, persistent=False)
 
+    def block_geometry(self, vectors: torch.Tensor) -> torch.Tensor:
+        """What :meth:`forward` reads of the neighbour vectors [num_atoms, 3, J] (Å, zero in
+        padding slots), computed once for all recursion steps: their monomials [num_atoms, C, J]."""
+        return cartesian_monomials(
+            vectors, self.exponents, self.weights.to(vectors.dtype), self.l_max
+        )
+
     def forward(
         self,
-        vectors: torch.Tensor,
+        geometry: torch.Tensor,
         radial: torch.Tensor,
         neighbor: torch.Tensor,
         coefficients: torch.Tensor,
     ) -> torch.Tensor:
-        """Neighbour vectors [num_atoms, 3, J] (Å, zero in padding slots) and the other
-        arguments of :func:`block_orbitals` → G [num_atoms, (L_max + 1) · P]."""
-        angular = cartesian_monomials(
-            vectors, self.exponents, self.weights.to(vectors.dtype), self.l_max
-        )
-        orbitals = block_orbitals(angular, radial, neighbor, coefficients)  # [num_atoms, C, K]
+        """:meth:`block_geometry` of the neighbour vectors and the other arguments of
+        :func:`block_orbitals` → G [num_atoms, (L_max + 1) · P]."""
+        orbitals = block_orbitals(geometry, radial, neighbor, coefficients)  # [num_atoms, C, K]
         products = torch.index_select(orbitals, 2, self.pairs[0]) * torch.index_select(
             orbitals, 2, self.pairs[1]
         )  # [num_atoms, C, P]
@@ -219,27 +223,32 @@ class OrbitalGram(torch.nn.Module):
 
 class FusedOrbitalGram(OrbitalGram):
     """:class:`OrbitalGram` by the C++ kernel ``torch.ops.reann.orbital_gram`` (CPU): one pass
-    per centre computes monomials, orbitals and Gram matrices in cache, so no per-slot tensor
-    ([num_atoms, C, J], [num_atoms, J, K]) is formed or kept for the backward pass. Deployed
+    per centre computes monomials, orbitals and Gram matrices in cache from the neighbour
+    vectors, so no per-slot tensor ([num_atoms, C, J], [num_atoms, J, K]) is formed or kept for
+    the backward pass. Deployed
     models use it. Its backward pass is not differentiable (forces, not their gradients), so
     models are trained with :class:`OrbitalGram`. The kernel library must be loaded
     (:func:`reann_nequip.deploy.kernels.load_kernels`) before scripting or calling it."""
 
+    def block_geometry(self, vectors: torch.Tensor) -> torch.Tensor:
+        """The neighbour vectors [num_atoms, 3, J] themselves: the kernel forms the monomials."""
+        return vectors
+
     def forward(
         self,
-        vectors: torch.Tensor,
+        geometry: torch.Tensor,
         radial: torch.Tensor,
         neighbor: torch.Tensor,
         coefficients: torch.Tensor,
     ) -> torch.Tensor:
-        """As :meth:`OrbitalGram.forward`."""
+        """As :meth:`OrbitalGram.forward`, ``geometry`` being the neighbour vectors."""
         return torch.ops.reann.orbital_gram(
-            vectors,
+            geometry,
             radial,
             neighbor,
             coefficients,
             self.exponents,
-            self.weights.to(vectors.dtype),
+            self.weights.to(geometry.dtype),
         )
 
 

@@ -141,10 +141,11 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
     def geometry(
         self, data: AtomicDataDict.Type, num_centers: int
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The edges as dense per-centre neighbour blocks, shared by all recursion steps: edge
-        vectors [num_centers, 3, max_neighbors] (Å), radial functions
-        [num_centers, max_neighbors, K] and the neighbour atom of each slot
-        [num_centers · max_neighbors]. Every edge centre must be below ``num_centers``."""
+        """The edges as dense per-centre neighbour blocks, shared by all recursion steps: the
+        slot geometry of :meth:`OrbitalGram.block_geometry` (monomials [num_centers, C,
+        max_neighbors], or the edge vectors [num_centers, 3, max_neighbors] in Å for the fused
+        kernel), radial functions [num_centers, max_neighbors, K] and the neighbour atom of each
+        slot [num_centers · max_neighbors]. Every edge centre must be below ``num_centers``."""
         vectors, radial, edge_index = self._edge_vectors(data)
         slot, max_neighbors = neighbor_slots(edge_index[0], num_centers)
         vector_blocks = to_neighbor_blocks(vectors, slot, num_centers, max_neighbors)
@@ -153,14 +154,16 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
         neighbor_blocks = to_neighbor_blocks(
             edge_index[1].unsqueeze(1), slot, num_centers, max_neighbors
         ).view(-1)
-        return vector_blocks.transpose(1, 2).contiguous(), radial, neighbor_blocks
+        vector_blocks = vector_blocks.transpose(1, 2).contiguous()  # [num_centers, 3, J]
+        return self.orbital_gram.block_geometry(vector_blocks), radial, neighbor_blocks
 
     def edge_geometry(
         self, data: AtomicDataDict.Type
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Edge vectors [num_edges, 3] (Å), radial functions [num_edges, K] and the
+        """Angular monomials [num_edges, C], radial functions [num_edges, K] and the
         ``edge_index`` [2, num_edges] of every edge."""
-        return self._edge_vectors(data)
+        vectors, radial, edge_index = self._edge_vectors(data)
+        return self.monomials(vectors), radial, edge_index
 
     def _edge_vectors(
         self, data: AtomicDataDict.Type
@@ -181,7 +184,7 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
     def density_at_step(
         self,
         step: int,
-        vectors: torch.Tensor,
+        geometry: torch.Tensor,
         radial: torch.Tensor,
         neighbors: torch.Tensor,
         coefficients: torch.Tensor,
@@ -191,11 +194,9 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
         the edges of :meth:`edge_geometry` (``neighbors`` = ``edge_index`` [2, num_edges],
         centres = all atoms)."""
         if neighbors.dim() == 1:
-            gram = self.orbital_gram(vectors, radial, neighbors, coefficients)
+            gram = self.orbital_gram(geometry, radial, neighbors, coefficients)
             return torch.mm(gram, self._pair_mixing_for_step(step))
-        orbitals = edge_orbitals(
-            self.monomials(vectors), radial, neighbors, coefficients, coefficients.shape[0]
-        )
+        orbitals = edge_orbitals(geometry, radial, neighbors, coefficients, coefficients.shape[0])
         return direct_embedded_density(
             orbitals, torch.index_select(self._mixing_for_step(step), 0, self.monomials.order)
         )
@@ -212,17 +213,17 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
     def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
         atom_types = data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
         if capturing_graph():
-            vectors, radial, neighbors = self.edge_geometry(data)
+            geometry, radial, neighbors = self.edge_geometry(data)
         else:
-            vectors, radial, neighbors = self.geometry(data, atom_types.shape[0])
+            geometry, radial, neighbors = self.geometry(data, atom_types.shape[0])
 
         coefficients = self.initial_coefficients_of(atom_types)
         step = 0
         for update in self.updates:
-            density = self.density_at_step(step, vectors, radial, neighbors, coefficients)
+            density = self.density_at_step(step, geometry, radial, neighbors, coefficients)
             coefficients = update(coefficients, density, atom_types)
             step += 1
         data[AtomicDataDict.NODE_FEATURES_KEY] = self.density_at_step(
-            step, vectors, radial, neighbors, coefficients
+            step, geometry, radial, neighbors, coefficients
         )
         return data

@@ -105,10 +105,11 @@ def deployed_worker(args: argparse.Namespace) -> Dict:
         num_atoms,
     )
     avg_num_neighbors = graph["edge_index"].shape[1] / num_atoms
+    from reann_nequip.deploy.kernels import load_deployed_file
+
     with tempfile.TemporaryDirectory() as tmp:
         path = deploy_default_models(pathlib.Path(tmp), [args.dtype])[args.dtype]
-        from reann_nequip.deploy.kernels import load_deployed_file
-    model = load_deployed_file(str(path))
+        model = load_deployed_file(str(path))
     base_rss = _peak_rss_mb()
 
     def call():

@@ -9,6 +9,7 @@ import torch
 
 from reann_nequip.integrations.lammps import KERNEL_FILE, plugin_directory
 from reann_nequip.nn import CartesianMonomials, FusedOrbitalGram, OrbitalGram
+from reann_nequip.nn.embedded_density import neighbor_slots, to_neighbor_blocks
 
 pytestmark = pytest.mark.skipif(
     not (pathlib.Path(plugin_directory()) / KERNEL_FILE).exists(),
@@ -39,9 +40,33 @@ def neighbor_blocks(num_centers, slots, num_gaussians, num_atoms, dtype, seed=0)
     return vectors, radial, neighbor, coefficients
 
 
-def gram_and_gradients(module, vectors, radial, neighbor, coefficients):
+def edges_in_blocks(num_centers, max_neighbors, num_gaussians, num_atoms, dtype, seed=0):
+    """Random edges (0 … max_neighbors per centre) as ``geometry`` takes them: edge vectors and
+    radial functions [E, 3], [E, K] with their neighbour slots, and the neighbours in blocks."""
+    generator = torch.Generator().manual_seed(seed)
+    counts = torch.randint(0, max_neighbors + 1, (num_centers,), generator=generator)
+    counts[0] = max_neighbors
+    center = torch.repeat_interleave(torch.arange(num_centers), counts)
+    num_edges = center.shape[0]
+    vectors = 2.0 * torch.randn(num_edges, 3, generator=generator, dtype=dtype)
+    radial = torch.rand(num_edges, num_gaussians, generator=generator, dtype=dtype)
+    neighbor = torch.randint(0, num_atoms, (num_edges, 1), generator=generator)
+    coefficients = torch.randn(num_atoms, num_gaussians, generator=generator, dtype=dtype)
+    slot, width = neighbor_slots(center, num_centers)
+    neighbor = to_neighbor_blocks(neighbor, slot, num_centers, width).view(-1)
+    return (vectors, slot, width), radial, neighbor, coefficients
+
+
+def gram_and_gradients(module, edges, radial, neighbor, coefficients):
+    """G and its weighted sum's gradients with respect to the edges' vectors and radial
+    functions and the coefficients (the padding slots' own gradients differ by form: the
+    kernel sees zero vectors there, the torch form zero monomials; neither reaches an edge)."""
+    vectors, slot, width = edges
+    num_centers = neighbor.shape[0] // width
     inputs = [t.clone().requires_grad_(True) for t in (vectors, radial, coefficients)]
-    gram = module(module.block_geometry(inputs[0]), inputs[1], neighbor, inputs[2])
+    geometry = module.block_geometry(inputs[0], slot, num_centers, width)
+    radial_blocks = to_neighbor_blocks(inputs[1], slot, num_centers, width)
+    gram = module(geometry, radial_blocks, neighbor, inputs[2])
     weights = torch.linspace(-1.0, 2.0, gram.numel(), dtype=gram.dtype).view_as(gram)
     (gram * weights).sum().backward()
     # at l_max = 0 the torch form does not depend on the vectors at all
@@ -60,7 +85,7 @@ def gram_and_gradients(module, vectors, radial, neighbor, coefficients):
 )
 def test_kernel_equals_torch_form_with_gradients(l_max, num_gaussians, dtype, rtol):
     # 40 centres whose neighbours include 25 further (ghost) atoms
-    blocks = neighbor_blocks(40, 13, num_gaussians, 65, dtype)
+    blocks = edges_in_blocks(40, 13, num_gaussians, 65, dtype)
     monomials = CartesianMonomials(l_max)
     reference = gram_and_gradients(OrbitalGram(num_gaussians, monomials), *blocks)
     fused = gram_and_gradients(FusedOrbitalGram(num_gaussians, monomials), *blocks)
@@ -80,7 +105,7 @@ def test_kernel_gradcheck():
 
 
 def test_kernel_threads_agree():
-    blocks = neighbor_blocks(200, 17, 8, 260, torch.float64, seed=3)
+    blocks = edges_in_blocks(200, 17, 8, 260, torch.float64, seed=3)
     module = FusedOrbitalGram(8, CartesianMonomials(2))
     threads = torch.get_num_threads()
     try:

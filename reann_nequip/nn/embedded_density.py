@@ -191,12 +191,17 @@ class OrbitalGram(torch.nn.Module):
         pairs = torch.triu_indices(num_gaussians, num_gaussians)
         self.register_buffer("pairs", pairs, persistent=False)
 
-    def block_geometry(self, vectors: torch.Tensor) -> torch.Tensor:
-        """What :meth:`forward` reads of the neighbour vectors [num_atoms, 3, J] (Å, zero in
-        padding slots), computed once for all recursion steps: their monomials [num_atoms, C, J]."""
-        return cartesian_monomials(
+    def block_geometry(
+        self, vectors: torch.Tensor, slot: torch.Tensor, num_atoms: int, max_neighbors: int
+    ) -> torch.Tensor:
+        """What :meth:`forward` reads of the edge vectors [num_edges, 3] (Å), computed once for
+        all recursion steps: their monomials, computed edge by edge (no work on padding) and
+        placed in the neighbour slots ``slot`` (:func:`neighbor_slots`) → [num_atoms, C, J]."""
+        monomials = cartesian_monomials(
             vectors, self.exponents, self.weights.to(vectors.dtype), self.l_max
-        )
+        )  # [num_edges, C]
+        blocks = to_neighbor_blocks(monomials, slot, num_atoms, max_neighbors)
+        return blocks.transpose(1, 2).contiguous()
 
     def forward(
         self,
@@ -230,9 +235,13 @@ class FusedOrbitalGram(OrbitalGram):
     models are trained with :class:`OrbitalGram`. The kernel library must be loaded
     (:func:`reann_nequip.deploy.kernels.load_kernels`) before scripting or calling it."""
 
-    def block_geometry(self, vectors: torch.Tensor) -> torch.Tensor:
-        """The neighbour vectors [num_atoms, 3, J] themselves: the kernel forms the monomials."""
-        return vectors
+    def block_geometry(
+        self, vectors: torch.Tensor, slot: torch.Tensor, num_atoms: int, max_neighbors: int
+    ) -> torch.Tensor:
+        """The edge vectors themselves in the neighbour slots, [num_atoms, 3, J] (zero in
+        padding slots): the kernel forms the monomials."""
+        blocks = to_neighbor_blocks(vectors, slot, num_atoms, max_neighbors)
+        return blocks.transpose(1, 2).contiguous()
 
     def forward(
         self,

@@ -148,14 +148,13 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
         slot [num_centers · max_neighbors]. Every edge centre must be below ``num_centers``."""
         vectors, radial, edge_index = self._edge_vectors(data)
         slot, max_neighbors = neighbor_slots(edge_index[0], num_centers)
-        vector_blocks = to_neighbor_blocks(vectors, slot, num_centers, max_neighbors)
         radial = to_neighbor_blocks(radial, slot, num_centers, max_neighbors)
         # padding slots point at atom 0 and hold zero vectors; their radial functions are zero
         neighbor_blocks = to_neighbor_blocks(
             edge_index[1].unsqueeze(1), slot, num_centers, max_neighbors
         ).view(-1)
-        vector_blocks = vector_blocks.transpose(1, 2).contiguous()  # [num_centers, 3, J]
-        return self.orbital_gram.block_geometry(vector_blocks), radial, neighbor_blocks
+        geometry = self.orbital_gram.block_geometry(vectors, slot, num_centers, max_neighbors)
+        return geometry, radial, neighbor_blocks
 
     def edge_geometry(
         self, data: AtomicDataDict.Type

@@ -276,6 +276,7 @@ def _error_of(workdir, result):
         ("per_atom_virial", "does not compute per-atom virials"),
         ("images_on_two_ranks", "mode images needs one MPI rank"),
         ("unknown_memory_policy", "unknown memory policy `forever`"),
+        ("release_after_keep", "`memory release` after `memory keep` in one LAMMPS process"),
     ],
 )
 def test_lammps_errors_are_clear(tmp_path, case, expected):
@@ -311,6 +312,10 @@ def test_lammps_errors_are_clear(tmp_path, case, expected):
         kwargs["nprocs"] = 2
     elif case == "unknown_memory_policy":
         kwargs["pair_style"] = "reann memory forever"
+    elif case == "release_after_keep":
+        kwargs["commands"] = (
+            f"run 0\npair_style reann memory release\npair_coeff * * {model} O H\nrun 0"
+        )
     else:
         raise AssertionError(case)
     result = run_lammps(tmp_path / "run", atoms, model, elements, **kwargs)

@@ -104,6 +104,9 @@ void PairREANN::settings(int narg, char **arg)
   at::set_num_threads(num_threads);
   // torch's CPU allocator from now on, for the whole process (see tensor_block_cache.h)
   if (keep_memory) TensorBlockCache::install();
+  else if (TensorBlockCache::installed())
+    error->all(FLERR, "pair_style reann: `memory release` after `memory keep` in one LAMMPS "
+                      "process: the block cache is torch's allocator until the process ends");
 }
 
 void PairREANN::load_model(const std::string &path)

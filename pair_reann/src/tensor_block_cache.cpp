@@ -24,12 +24,20 @@ size_t size_class(size_t bytes)
 
 }    // namespace
 
+bool TensorBlockCache::is_installed = false;
+
+bool TensorBlockCache::installed()
+{
+  return is_installed;
+}
+
 TensorBlockCache &TensorBlockCache::install()
 {
   // never destroyed: tensors it allocated may outlive every pair style
   static TensorBlockCache *cache = [] {
     auto *instance = new TensorBlockCache();
     c10::SetCPUAllocator(instance, /*priority=*/1);
+    is_installed = true;
     return instance;
   }();
   return *cache;

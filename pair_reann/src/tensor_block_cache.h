@@ -27,6 +27,8 @@ class TensorBlockCache : public c10::Allocator {
  public:
   // the process-wide instance, installed as torch's CPU allocator on first use
   static TensorBlockCache &install();
+  // whether install() has run in this process (it cannot be undone)
+  static bool installed();
 
   c10::DataPtr allocate(size_t bytes) override;
   c10::DeleterFnPtr raw_deleter() const override { return &free_block; }
@@ -52,6 +54,7 @@ class TensorBlockCache : public c10::Allocator {
   std::unordered_map<void *, size_t> size_of_block;      // every block handed out
   std::map<size_t, std::vector<FreeBlock>> free_blocks;   // by size class
   int64_t step = 0;
+  static bool is_installed;
 };
 
 }    // namespace LAMMPS_NS

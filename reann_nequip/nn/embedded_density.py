@@ -120,6 +120,15 @@ def to_neighbor_blocks(
     return blocks.view(num_atoms, max_neighbors, edge_values.shape[1])
 
 
+def to_feature_blocks(
+    edge_values: torch.Tensor, slot: torch.Tensor, num_atoms: int, max_neighbors: int
+) -> torch.Tensor:
+    """[num_edges, F] → [num_atoms, F, max_neighbors], zero in the padding slots: each feature a
+    contiguous row over the neighbours, as the contraction over neighbours reads it."""
+    blocks = to_neighbor_blocks(edge_values, slot, num_atoms, max_neighbors)
+    return blocks.transpose(1, 2).contiguous()
+
+
 def block_orbitals(
     angular: torch.Tensor, radial: torch.Tensor, neighbor: torch.Tensor, coefficients: torch.Tensor
 ) -> torch.Tensor:
@@ -200,8 +209,7 @@ class OrbitalGram(torch.nn.Module):
         monomials = cartesian_monomials(
             vectors, self.exponents, self.weights.to(vectors.dtype), self.l_max
         )  # [num_edges, C]
-        blocks = to_neighbor_blocks(monomials, slot, num_atoms, max_neighbors)
-        return blocks.transpose(1, 2).contiguous()
+        return to_feature_blocks(monomials, slot, num_atoms, max_neighbors)
 
     def forward(
         self,
@@ -230,18 +238,17 @@ class FusedOrbitalGram(OrbitalGram):
     """:class:`OrbitalGram` by the C++ kernel ``torch.ops.reann.orbital_gram`` (CPU): one pass
     per centre computes monomials, orbitals and Gram matrices in cache from the neighbour
     vectors, so no per-slot tensor ([num_atoms, C, J], [num_atoms, J, K]) is formed or kept for
-    the backward pass. Deployed
-    models use it. Its backward pass is not differentiable (forces, not their gradients), so
-    models are trained with :class:`OrbitalGram`. The kernel library must be loaded
-    (:func:`reann_nequip.deploy.kernels.load_kernels`) before scripting or calling it."""
+    the backward pass. Deployed models use it. Its backward pass is not differentiable (forces,
+    not their gradients), so models are trained with :class:`OrbitalGram`. The kernel library
+    must be loaded (:func:`reann_nequip.deploy.kernels.load_kernels`) before scripting or calling
+    it."""
 
     def block_geometry(
         self, vectors: torch.Tensor, slot: torch.Tensor, num_atoms: int, max_neighbors: int
     ) -> torch.Tensor:
         """The edge vectors themselves in the neighbour slots, [num_atoms, 3, J] (zero in
         padding slots): the kernel forms the monomials."""
-        blocks = to_neighbor_blocks(vectors, slot, num_atoms, max_neighbors)
-        return blocks.transpose(1, 2).contiguous()
+        return to_feature_blocks(vectors, slot, num_atoms, max_neighbors)
 
     def forward(
         self,

@@ -9,7 +9,7 @@ from nequip.data import AtomicDataDict
 
 from .._version import __version__
 from .deployed_model import DeployedEnergyModel, DeployedTensorModel
-from .kernels import load_deployed_file, load_kernels
+from .kernels import load_kernels
 
 # the layout of the deployed file; pair_reann refuses files of another format
 # (2: energy models call the torch.ops.reann kernels)
@@ -186,7 +186,7 @@ def read_metadata(path: str) -> Dict[str, str]:
     extra_files = {key: "" for key in METADATA_KEYS}
     load_kernels()
     try:
-        load_deployed_file(path, extra_files)
+        torch.jit.load(path, map_location="cpu", _extra_files=extra_files)
     except (RuntimeError, ValueError) as error:
         raise ValueError(f"`{path}` is not a TorchScript file: {error}") from error
     # torch returns the archive's bytes, and b"" for keys the archive lacks

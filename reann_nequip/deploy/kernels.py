@@ -25,10 +25,7 @@ def load_kernels() -> None:
     torch.ops.load_library(str(library))
 
 
-def load_deployed_file(path: str, extra_files=None) -> torch.jit.ScriptModule:
-    """``torch.jit.load`` of a deployed file on CPU, after :func:`load_kernels`; ``extra_files``
-    as in ``torch.jit.load``."""
+def load_deployed_file(path: str) -> torch.jit.ScriptModule:
+    """``torch.jit.load`` of a deployed file on CPU, after :func:`load_kernels`."""
     load_kernels()
-    if extra_files is None:
-        return torch.jit.load(path, map_location="cpu")
-    return torch.jit.load(path, map_location="cpu", _extra_files=extra_files)
+    return torch.jit.load(path, map_location="cpu")

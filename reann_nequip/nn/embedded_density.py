@@ -50,19 +50,17 @@ class CartesianMonomials(torch.nn.Module):
         self.register_buffer("order", torch.tensor([sum(e) for e in exponents]))  # [C], L of each
 
     def forward(self, vectors: torch.Tensor) -> torch.Tensor:
-        """See :func:`cartesian_monomials`: [B, 3, *S] → [B, C, *S]."""
+        """``vectors``: [num_edges, 3] in Å → [num_edges, C]."""
         return cartesian_monomials(vectors, self.exponents, self.weights, self.l_max)
 
 
 def cartesian_monomials(
     vectors: torch.Tensor, exponents: torch.Tensor, weights: torch.Tensor, l_max: int
 ) -> torch.Tensor:
-    """Weighted monomials w_c x^a y^b z^c, Cartesian components along dimension 1 (Å):
-    [B, 3, *S] → [B, C, *S] (edges [num_edges, 3] → [num_edges, C]; neighbour blocks
-    [num_atoms, 3, J] → [num_atoms, C, J]).
+    """Weighted monomials w_c x^a y^b z^c of edge vectors: [num_edges, 3] (Å) → [num_edges, C].
 
     Args:
-        vectors: the vectors
+        vectors: the edge vectors
         exponents: [C, 3] (a, b, c) of each component
         weights: [C] w_c
         l_max: the largest a + b + c
@@ -70,11 +68,11 @@ def cartesian_monomials(
     powers = [torch.ones_like(vectors)]
     for _ in range(l_max):
         powers.append(powers[-1] * vectors)
-    powers_t = torch.stack(powers, dim=1)  # [B, l_max + 1, 3, *S]
-    x = torch.index_select(powers_t.select(2, 0), 1, exponents[:, 0])  # [B, C, *S]
-    y = torch.index_select(powers_t.select(2, 1), 1, exponents[:, 1])
-    z = torch.index_select(powers_t.select(2, 2), 1, exponents[:, 2])
-    return x * y * z * weights.view([-1] + [1] * (vectors.dim() - 2))
+    powers_t = torch.stack(powers, dim=1)  # [num_edges, l_max + 1, 3]
+    x = torch.index_select(powers_t[:, :, 0], 1, exponents[:, 0])  # [num_edges, C]
+    y = torch.index_select(powers_t[:, :, 1], 1, exponents[:, 1])
+    z = torch.index_select(powers_t[:, :, 2], 1, exponents[:, 2])
+    return x * y * z * weights
 
 
 def neighbor_slots(center: torch.Tensor, num_atoms: int) -> Tuple[torch.Tensor, int]:
@@ -199,6 +197,23 @@ class OrbitalGram(torch.nn.Module):
         # [2, P] the (k, k') of each pair k <= k', row by row
         pairs = torch.triu_indices(num_gaussians, num_gaussians)
         self.register_buffer("pairs", pairs, persistent=False)
+        # an off-diagonal pair stands for both (k, k') and (k', k)
+        self.register_buffer(
+            "pair_multiplicity",
+            (2 - (pairs[0] == pairs[1]).long()).view(1, -1, 1),
+            persistent=False,
+        )
+
+    def pair_mixing(self, mixing: torch.Tensor) -> torch.Tensor:
+        """The matrix Q that maps G to the density, ρ = G Q: Q[L]_kk'm = (2 − δ_kk') W[L]_km
+        W[L]_k'm for the pairs k ≤ k', from W = ``mixing`` [L_max + 1, K, M] →
+        [(L_max + 1) · P, M]."""
+        pair_mixing = (
+            torch.index_select(mixing, 1, self.pairs[0])
+            * torch.index_select(mixing, 1, self.pairs[1])
+            * self.pair_multiplicity.to(mixing.dtype)
+        )  # [L_max + 1, P, M]
+        return pair_mixing.view(-1, mixing.shape[2])
 
     def block_geometry(
         self, vectors: torch.Tensor, slot: torch.Tensor, num_atoms: int, max_neighbors: int

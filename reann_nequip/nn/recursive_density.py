@@ -94,13 +94,6 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
         mixing = torch.empty(num_mixings, 1, num_gaussians, num_orbitals).uniform_(-bound, bound)
         self.mixing = torch.nn.Parameter(mixing.repeat(1, l_max + 1, 1, 1).contiguous())
         self.orbital_gram = OrbitalGram(num_gaussians, self.monomials)
-        pairs = self.orbital_gram.pairs  # [2, P], k <= k'
-        # an off-diagonal pair stands for both (k, k') and (k', k)
-        self.register_buffer(
-            "pair_multiplicity",
-            (2 - (pairs[0] == pairs[1]).long()).view(1, -1, 1),
-            persistent=False,
-        )
 
         self.updates = torch.nn.ModuleList(
             [
@@ -125,16 +118,6 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
     def _mixing_for_step(self, step: int) -> torch.Tensor:
         """W[L] [L_max + 1, K, M] of recursion step ``step`` (shared, or one per step)."""
         return self.mixing[step if self.mixing.shape[0] > 1 else 0]
-
-    def _pair_mixing_for_step(self, step: int) -> torch.Tensor:
-        """Q[L]_kk'm = (2 − δ_kk') W[L]_km W[L]_k'm for k ≤ k': [(L_max + 1) · P, M]."""
-        mixing = self._mixing_for_step(step)  # [L_max + 1, K, M]
-        pair_mixing = (
-            torch.index_select(mixing, 1, self.orbital_gram.pairs[0])
-            * torch.index_select(mixing, 1, self.orbital_gram.pairs[1])
-            * self.pair_multiplicity.to(mixing.dtype)
-        )  # [L_max + 1, P, M]
-        return pair_mixing.view(-1, mixing.shape[2])
 
     # === stages, used by forward and one at a time by pair_reann's coefficient exchange ===
 
@@ -194,7 +177,7 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
         centres = all atoms)."""
         if neighbors.dim() == 1:
             gram = self.orbital_gram(geometry, radial, neighbors, coefficients)
-            return torch.mm(gram, self._pair_mixing_for_step(step))
+            return torch.mm(gram, self.orbital_gram.pair_mixing(self._mixing_for_step(step)))
         orbitals = edge_orbitals(geometry, radial, neighbors, coefficients, coefficients.shape[0])
         return direct_embedded_density(
             orbitals, torch.index_select(self._mixing_for_step(step), 0, self.monomials.order)

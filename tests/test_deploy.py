@@ -30,11 +30,12 @@ def global_state():
     set_global_state()
 
 
-def water_model(model_dtype="float64", num_recursions=2):
+def water_model(model_dtype="float64", num_recursions=2, density_kernel="auto"):
     return randomize_parameters(
         ReannModel(
             seed=4,
             model_dtype=model_dtype,
+            density_kernel=density_kernel,
             type_names=TYPE_NAMES,
             r_max=R_MAX,
             num_gaussians=4,
@@ -64,12 +65,13 @@ def deployed_inputs(data):
 
 @pytest.mark.parametrize("model_dtype, tol", [("float64", 1e-12), ("float32", 1e-5)])
 def test_deployed_file_equals_model_energies_forces_virial(tmp_path, model_dtype, tol):
-    model = water_model(model_dtype)
+    model = water_model(model_dtype, density_kernel="torch")
     path = str(tmp_path / "model.pth")
     metadata = save_deployed(model, path)
     assert metadata["num_recursions"] == "2" and metadata["interaction_range"] == repr(3 * R_MAX)
     deployed = load_deployed_file(path)
-    # the deployed file runs the C++ kernel; the model itself keeps the torch form for training
+    # the deployed file runs the C++ kernel, also for a model trained with torch operations,
+    # which is left as it is
     assert "ops.reann.orbital_gram" in deployed.energy_model.density.orbital_gram.code
     assert type(model.model.func.density.orbital_gram) is OrbitalGram
     data = model_input(triclinic_frame(), TYPE_NAMES, R_MAX)

@@ -1,4 +1,4 @@
-"""The C++ kernel ``reann::orbital_gram`` equals the torch form it replaces in deployed models."""
+"""The C++ kernel ``reann::orbital_gram`` equals the torch form, with first and second derivatives."""
 
 import pathlib
 import subprocess
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module", autouse=True)
 def kernels():
-    from reann_nequip.deploy.kernels import load_kernels
+    from reann_nequip.nn.kernels import load_kernels
 
     load_kernels()
 
@@ -95,12 +95,81 @@ def test_kernel_equals_torch_form_with_gradients(l_max, num_gaussians, dtype, rt
         torch.testing.assert_close(actual, expected, rtol=0, atol=rtol * max(scale, 1.0), msg=name)
 
 
-def test_kernel_gradcheck():
-    vectors, radial, neighbor, coefficients = neighbor_blocks(5, 4, 3, 7, torch.float64, seed=2)
-    module = FusedOrbitalGram(3, CartesianMonomials(2))
-    assert torch.autograd.gradcheck(
-        lambda v, r, c: module(v, r, neighbor, c),
-        (vectors.requires_grad_(), radial.requires_grad_(), coefficients.requires_grad_()),
+def second_derivatives(module, edges, radial, neighbor, coefficients):
+    """What force training differentiates: the first derivatives of <U, G> (U depends on a
+    parameter u, as dG depends on the network weights), then the gradient of a weighted sum
+    of those derivatives with respect to the edges' vectors and radial functions, the
+    coefficients and u."""
+    vectors, slot, width = edges
+    num_centers = neighbor.shape[0] // width
+    inputs = [t.clone().requires_grad_(True) for t in (vectors, radial, coefficients)]
+    u = torch.tensor(0.7, dtype=vectors.dtype, requires_grad=True)
+    geometry = module.block_geometry(inputs[0], slot, num_centers, width)
+    radial_blocks = to_neighbor_blocks(inputs[1], slot, num_centers, width)
+    gram = module(geometry, radial_blocks, neighbor, inputs[2])
+    upstream = torch.linspace(-1.0, 2.0, gram.numel(), dtype=gram.dtype).view_as(gram)
+    first = torch.autograd.grad(
+        (gram * upstream * u + gram.square()).sum(), inputs, create_graph=True, allow_unused=True
+    )
+    loss = sum(
+        (d * torch.cos(torch.arange(d.numel(), dtype=d.dtype)).view_as(d)).sum()
+        for d in first
+        if d is not None
+    )
+    second = torch.autograd.grad(loss, [*inputs, u], allow_unused=True)
+    return [torch.zeros_like(t) if g is None else g for g, t in zip(second, [*inputs, u])]
+
+
+@pytest.mark.parametrize(
+    "l_max, num_gaussians, dtype, rtol",
+    [
+        (0, 1, torch.float64, 1e-11),
+        (1, 5, torch.float64, 1e-11),
+        (2, 8, torch.float64, 1e-11),
+        (3, 3, torch.float64, 1e-11),
+        (2, 8, torch.float32, 2e-5),
+    ],
+)
+def test_kernel_second_derivatives_equal_torch_form(l_max, num_gaussians, dtype, rtol):
+    blocks = edges_in_blocks(30, 11, num_gaussians, 50, dtype, seed=4)
+    monomials = CartesianMonomials(l_max)
+    reference = second_derivatives(OrbitalGram(num_gaussians, monomials), *blocks)
+    fused = second_derivatives(FusedOrbitalGram(num_gaussians, monomials), *blocks)
+    for name, expected, actual in zip(("vectors", "radial", "coeffs", "u"), reference, fused):
+        scale = expected.abs().max()
+        assert scale > 0 or (name == "vectors" and l_max == 0), name
+        torch.testing.assert_close(actual, expected, rtol=0, atol=rtol * max(scale, 1.0), msg=name)
+
+
+@pytest.mark.parametrize("l_max, num_gaussians", [(0, 1), (2, 3), (4, 2)])
+def test_kernel_gradcheck_and_gradgradcheck(l_max, num_gaussians):
+    vectors, radial, neighbor, coefficients = neighbor_blocks(
+        5, 4, num_gaussians, 7, torch.float64, seed=l_max
+    )
+    module = FusedOrbitalGram(num_gaussians, CartesianMonomials(l_max))
+    # vectors of ~1 Å: at l_max = 4, 2 Å ones give G ~ 1e5, beyond finite differences' precision
+    inputs = (
+        (0.5 * vectors).requires_grad_(),
+        radial.requires_grad_(),
+        coefficients.requires_grad_(),
+    )
+
+    def gram(v, r, c):
+        return module(v, r, neighbor, c)
+
+    assert torch.autograd.gradcheck(gram, inputs)
+    assert torch.autograd.gradgradcheck(gram, inputs)
+
+
+def test_kernel_torch_form_for_other_devices():
+    """The torch form FusedOrbitalGram runs off CPU, checked here on CPU blocks."""
+    vectors, radial, neighbor, coefficients = neighbor_blocks(7, 5, 4, 9, torch.float64, seed=5)
+    module = FusedOrbitalGram(4, CartesianMonomials(2))
+    torch.testing.assert_close(
+        module.torch_form(vectors, radial, neighbor, coefficients),
+        module(vectors, radial, neighbor, coefficients),
+        rtol=1e-12,
+        atol=1e-12,
     )
 
 
@@ -110,13 +179,13 @@ def test_kernel_threads_agree():
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        serial = gram_and_gradients(module, *blocks)
+        serial = gram_and_gradients(module, *blocks) + second_derivatives(module, *blocks)
         torch.set_num_threads(2)
-        parallel = gram_and_gradients(module, *blocks)
+        parallel = gram_and_gradients(module, *blocks) + second_derivatives(module, *blocks)
     finally:
         torch.set_num_threads(threads)
     for expected, actual in zip(serial, parallel):
-        torch.testing.assert_close(actual, expected, rtol=1e-13, atol=1e-13)
+        torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_kernel_empty_blocks():
@@ -134,12 +203,14 @@ def test_kernel_empty_blocks():
         assert coefficients.grad.shape == coefficients.shape
 
 
-def test_kernel_refuses_second_derivative():
+def test_kernel_refuses_third_derivative():
     vectors, radial, neighbor, coefficients = neighbor_blocks(4, 3, 2, 4, torch.float64)
     vectors.requires_grad_(True)
     gram = FusedOrbitalGram(2, CartesianMonomials(1))(vectors, radial, neighbor, coefficients)
-    with pytest.raises(RuntimeError, match="no second derivative"):
-        torch.autograd.grad(gram.sum(), vectors, create_graph=True)
+    (first,) = torch.autograd.grad(gram.square().sum(), vectors, create_graph=True)
+    torch.autograd.grad(first.square().sum(), vectors, retain_graph=True)
+    with pytest.raises(RuntimeError, match="no third derivative"):
+        torch.autograd.grad(first.square().sum(), vectors, create_graph=True)
 
 
 def test_kernel_refuses_bad_inputs():
@@ -157,10 +228,34 @@ def test_missing_kernel_library_is_a_clear_error(tmp_path):
     script = (
         "import reann_nequip.integrations.lammps as lammps\n"
         f"lammps.plugin_directory = lambda: {str(tmp_path)!r}\n"
-        "from reann_nequip.deploy.kernels import load_kernels\n"
+        "from reann_nequip.nn.kernels import load_kernels\n"
         "load_kernels()\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode != 0
     assert f"{tmp_path / KERNEL_FILE}` is not built" in result.stderr
     assert "reann-nequip build-lammps" in result.stderr
+
+
+def test_density_kernel_choice_without_the_library(tmp_path):
+    """Without the library, ``auto`` warns and takes the torch form, ``fused`` is an error
+    naming the missing file; an unknown choice is an error."""
+    script = (
+        "import logging, pytest\n"
+        "import reann_nequip.integrations.lammps as lammps\n"
+        f"lammps.plugin_directory = lambda: {str(tmp_path)!r}\n"
+        "from reann_nequip.nn import OrbitalGram, RecursiveEmbeddedDensity\n"
+        "options = dict(type_names=['H'], num_gaussians=2, l_max=1, num_orbitals=3,\n"
+        "    num_recursions=1, shared_mixing=True, initial_coefficient=1.0,\n"
+        "    coefficient_network={'hidden': [4], 'num_blocks': 1,\n"
+        "    'activation': 'silu', 'layer_norm': False, 'dropout': [0.0]}, irreps_in={'edge_embedding': '2x0e'})\n"
+        "density = RecursiveEmbeddedDensity(**options)\n"
+        "assert type(density.orbital_gram) is OrbitalGram\n"
+        "with pytest.raises(ValueError, match='must be one of'):\n"
+        "    RecursiveEmbeddedDensity(density_kernel='cuda', **options)\n"
+        "RecursiveEmbeddedDensity(density_kernel='fused', **options)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "the density runs on torch operations" in result.stderr
+    assert f"{tmp_path / KERNEL_FILE}` is not built" in result.stderr

@@ -21,8 +21,12 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from reann_nequip.model import ReannModel
 from reann_nequip.nn.element_networks import ElementLayerNorm
+from reann_nequip.nn.kernels import kernels_available
 
 from .utils import model_input, randomize_parameters
+
+# the C++ kernel where it is built (the torch form is checked everywhere)
+DENSITY_KERNELS = ["torch"] + (["fused"] if kernels_available() else [])
 
 TYPE_NAMES = ["H", "C", "O"]
 R_MAX = 3.5
@@ -197,7 +201,7 @@ MODEL_OPTIONS = {
 }
 
 
-def reference_test_model(options):
+def reference_test_model(options, density_kernel="auto"):
     """A small float64 model with perturbed parameters."""
     config = {
         "seed": 5,
@@ -211,6 +215,7 @@ def reference_test_model(options):
         "avg_num_neighbors": 3.0,
         "per_type_energy_shifts": {"H": -1.0, "C": -2.0, "O": -3.0},
         "per_type_energy_scales": {"H": 0.7, "C": 1.3, "O": 0.9},
+        "density_kernel": density_kernel,
         **options,
     }
     return randomize_parameters(ReannModel(**config), seed=3)
@@ -223,11 +228,12 @@ def assert_matches_reference(density, atomic_energies, atoms, species, model):
     assert np.abs(rho_ref).max() > 1e-3, "degenerate test: the density vanishes"
 
 
+@pytest.mark.parametrize("density_kernel", DENSITY_KERNELS)
 @pytest.mark.parametrize("periodic", [True, False], ids=["periodic", "molecule"])
 @pytest.mark.parametrize("options", MODEL_OPTIONS.values(), ids=MODEL_OPTIONS.keys())
-def test_density_and_energy_match_reference_formula(periodic, options):
+def test_density_and_energy_match_reference_formula(periodic, options, density_kernel):
     atoms, species = random_atoms(np.random.default_rng(11), periodic)
-    model = reference_test_model(options)
+    model = reference_test_model(options, density_kernel)
 
     out = model(model_input(atoms, TYPE_NAMES, R_MAX))
 
@@ -283,3 +289,27 @@ def test_graph_captured_model_matches_reference_formula(periodic, options):
     np.testing.assert_allclose(
         forces.detach().numpy(), eager_forces.detach().numpy(), rtol=1e-10, atol=1e-12
     )
+
+
+@pytest.mark.skipif(len(DENSITY_KERNELS) < 2, reason="the kernel library is not built")
+@pytest.mark.parametrize("options", MODEL_OPTIONS.values(), ids=MODEL_OPTIONS.keys())
+def test_force_training_gradients_agree_between_density_kernels(options):
+    """Force training differentiates forces once more: the parameter gradients of an energy +
+    force loss are the same with the C++ kernel and with torch operations (and in training
+    mode the radial functions are recomputed in the backward passes)."""
+    atoms, _ = random_atoms(np.random.default_rng(12), periodic=True)
+    gradients = {}
+    for density_kernel in DENSITY_KERNELS:
+        model = reference_test_model(options, density_kernel).train()
+        out = model(model_input(atoms, TYPE_NAMES, R_MAX))
+        forces = out[AtomicDataDict.FORCE_KEY]
+        loss = (
+            out[AtomicDataDict.TOTAL_ENERGY_KEY].square().sum()
+            + (forces * torch.linspace(-1.0, 1.0, forces.numel()).view_as(forces)).square().sum()
+        )
+        names, parameters = zip(*model.named_parameters())
+        gradients[density_kernel] = dict(zip(names, torch.autograd.grad(loss, parameters)))
+    reference, fused = gradients["torch"], gradients["fused"]
+    assert max(g.abs().max() for g in reference.values()) > 1e-3, "degenerate test"
+    for name, expected in reference.items():
+        torch.testing.assert_close(fused[name], expected, rtol=1e-9, atol=1e-11, msg=name)

@@ -1,4 +1,4 @@
-/* torch.ops.reann: fused CPU kernels of REANN's embedded density, for deployed models.
+/* torch.ops.reann: fused CPU kernels of REANN's embedded density.
 
    reann::orbital_gram(vectors, radial, neighbor, coefficients, exponents, weights) -> gram
 
@@ -7,14 +7,15 @@
    matrices of each order L:
 
        A_cj  = w_c x_j^a_c y_j^b_c z_j^c_c                      [C, J]
-       b_ck  = sum_j A_cj R_jk coef_(n_j)k                       [C, K]
+       W_jk  = R_jk coef_(n_j)k                                  [J, K]
+       b_ck  = sum_j A_cj W_jk                                   [C, K]
        G_Lp  = sum_(c of order L) b_ck b_ck'   for p = (k <= k') row by row   [L + 1, P]
 
    as reann_nequip.nn.embedded_density.OrbitalGram computes them with torch operations. One pass
-   per centre keeps A, R·coef and b in cache instead of writing [N, C, J], [N, J, K] and
-   [N, C, P] tensors to memory; the backward pass recomputes them from the inputs. The backward
-   pass is not itself differentiable: deployed models need forces, not gradients of forces, and
-   training uses the torch form.
+   per centre keeps A, W and b in cache instead of writing [N, C, J], [N, J, K] and [N, C, P]
+   tensors to memory. The backward pass (forces) is a kernel that recomputes them from the
+   inputs, and so is its own backward pass (force training differentiates forces once more);
+   the forward pass keeps only its inputs and b [N, C, K]. Third derivatives are refused.
 
    Loaded by pair_reann (linked) and by Python (torch.ops.load_library). */
 
@@ -176,6 +177,119 @@ int64_t order_of(const int64_t *exponents, int64_t c)
   return exponents[3 * c] + exponents[3 * c + 1] + exponents[3 * c + 2];
 }
 
+// The [K, K] symmetric matrix of each order that maps b to dG/db: with S_kk = 2 dG_kk and
+// S_kk' = S_k'k = dG_kk', d(sum_p dG_p G_p)/db_c = S_L(c) b_c
+template <typename T> void symmetric_of(const T *grad_gram, const Sizes &s, T *sym)
+{
+  const int64_t K = s.gaussians;
+  for (int64_t order = 0; order < s.orders; ++order) {
+    const T *gg = grad_gram + order * s.pairs();
+    T *sy = sym + order * K * K;
+    for (int64_t k = 0, p = 0; k < K; ++k) {
+      sy[k * K + k] = 2 * gg[p++];
+      for (int64_t q = k + 1; q < K; ++q, ++p) sy[k * K + q] = sy[q * K + k] = gg[p];
+    }
+  }
+}
+
+// out_c = S_L(c) x_c for every component c; x and out are [C, K]
+template <typename T>
+void apply_symmetric(const T *sym, const T *x, const int64_t *exponents, const Sizes &s, T *out)
+{
+  const int64_t K = s.gaussians;
+  for (int64_t c = 0; c < s.components; ++c) {
+    const T *sy = sym + order_of(exponents, c) * K * K;
+    const T *xc = x + c * K;
+    T *oc = out + c * K;
+    std::fill(oc, oc + K, T(0));
+    for (int64_t q = 0; q < K; ++q) {
+      const T xq = xc[q];
+#pragma omp simd
+      for (int64_t k = 0; k < K; ++k) oc[k] += xq * sy[q * K + k];
+    }
+  }
+}
+
+// The row of v[axis]^exponent in the power table of compute_monomials
+template <typename T>
+const T *power_row(const T *powers, const Sizes &s, int64_t stride, int64_t axis, int64_t exponent)
+{
+  return powers + (axis * s.orders + exponent) * stride;
+}
+
+// gv[axis * J + j] = sum_c ga_cj dA_cj/dv_j[axis]; dA/dv[axis] = w_c e_axis (that power less)
+template <typename T>
+void monomial_gradient(const T *ga, const int64_t *exponents, const T *weights, const T *powers,
+                       const Sizes &s, int64_t stride, T *gv)
+{
+  const int64_t J = s.slots;
+  std::fill(gv, gv + 3 * J, T(0));
+  for (int64_t c = 0; c < s.components; ++c) {
+    const int64_t *e = exponents + 3 * c;
+    for (int64_t axis = 0; axis < 3; ++axis) {
+      if (e[axis] == 0) continue;
+      const T scale = weights[c] * T(e[axis]);
+      const T *f[3];
+      for (int64_t other = 0; other < 3; ++other)
+        f[other] = power_row(powers, s, stride, other, e[other] - (other == axis));
+      T *gva = gv + axis * J;
+      const T *gac = ga + c * stride;
+#pragma omp simd
+      for (int64_t j = 0; j < J; ++j) gva[j] += scale * gac[j] * f[0][j] * f[1][j] * f[2][j];
+    }
+  }
+}
+
+// hA_cj = sum_axis hv[axis * J + j] dA_cj/dv_j[axis] (A's change along hv); rows of `stride`
+template <typename T>
+void monomial_directional(const T *hv, const int64_t *exponents, const T *weights,
+                          const T *powers, const Sizes &s, int64_t stride, T *ha)
+{
+  const int64_t J = s.slots;
+  for (int64_t c = 0; c < s.components; ++c) {
+    const int64_t *e = exponents + 3 * c;
+    T *hac = ha + c * stride;
+    std::fill(hac, hac + J, T(0));
+    for (int64_t axis = 0; axis < 3; ++axis) {
+      if (e[axis] == 0) continue;
+      const T scale = weights[c] * T(e[axis]);
+      const T *f[3];
+      for (int64_t other = 0; other < 3; ++other)
+        f[other] = power_row(powers, s, stride, other, e[other] - (other == axis));
+      const T *hva = hv + axis * J;
+#pragma omp simd
+      for (int64_t j = 0; j < J; ++j) hac[j] += scale * hva[j] * f[0][j] * f[1][j] * f[2][j];
+    }
+  }
+}
+
+// gv[second * J + j] += sum_c ga_cj sum_first hv[first * J + j] d2A_cj/dv[first]dv[second]
+template <typename T>
+void add_monomial_hessian(const T *ga, const T *hv, const int64_t *exponents, const T *weights,
+                          const T *powers, const Sizes &s, int64_t stride, T *gv)
+{
+  const int64_t J = s.slots;
+  for (int64_t c = 0; c < s.components; ++c) {
+    const int64_t *e = exponents + 3 * c;
+    const T *gac = ga + c * stride;
+    for (int64_t first = 0; first < 3; ++first)
+      for (int64_t second = 0; second < 3; ++second) {
+        const int64_t lowered = e[second] - (first == second);
+        if (e[first] == 0 || lowered <= 0) continue;
+        const T scale = weights[c] * T(e[first]) * T(lowered);
+        const T *f[3];
+        for (int64_t other = 0; other < 3; ++other)
+          f[other] = power_row(powers, s, stride, other,
+                               e[other] - (other == first) - (other == second));
+        const T *hvf = hv + first * J;
+        T *gvs = gv + second * J;
+#pragma omp simd
+        for (int64_t j = 0; j < J; ++j)
+          gvs[j] += scale * gac[j] * hvf[j] * f[0][j] * f[1][j] * f[2][j];
+      }
+  }
+}
+
 template <typename T>
 void gram_forward(const T *vectors, const T *radial, const int64_t *neighbor,
                   const T *coefficients, const int64_t *exponents, const T *weights,
@@ -209,66 +323,29 @@ void gram_backward(const T *grad_gram, const T *vectors, const T *radial, const 
                    const T *orbitals, const Sizes &s, T *grad_vectors, T *grad_radial,
                    T *grad_coefficients_per_thread)
 {
-  const int64_t J = s.slots, K = s.gaussians, C = s.components, P = s.pairs();
+  const int64_t J = s.slots, K = s.gaussians, C = s.components;
   at::parallel_for(0, s.centers, 16, [&](int64_t begin, int64_t end) {
     // each thread sums the gradients of the neighbours' coefficients into its own copy
     T *grad_c = grad_coefficients_per_thread + at::get_thread_num() * s.atoms * K;
     CentreScratch<T> scratch(s);
     const int64_t stride = scratch.stride;
-    const T *powers = scratch.powers.data();
     T *gb = scratch.grad_orbitals.data();
     T *ga = scratch.grad_monomials.data();
     T *gw = scratch.grad_weighted.data();
-    std::vector<T> symmetric_per_order(s.orders * K * K);
-    T *symmetric = symmetric_per_order.data();
+    std::vector<T> symmetric(s.orders * K * K);
     for (int64_t i = begin; i < end; ++i) {
       const int64_t *n = neighbor + i * J;
       const T *r = radial + i * J * K;
       compute_monomials(vectors + i * 3 * J, exponents, weights, s, stride, scratch.powers.data(),
                         scratch.monomials.data());
       weigh_radial(r, n, coefficients, s, stride, scratch.weighted.data());
-      // dG_p/db_ck: with the symmetric [K, K] matrix S of each order (S_kk = 2 dG_kk,
-      // S_kk' = S_k'k = dG_kk'), db_c = S b_c
-      for (int64_t order = 0; order < s.orders; ++order) {
-        const T *gg = grad_gram + (i * s.orders + order) * P;
-        T *sym = symmetric + order * K * K;
-        for (int64_t k = 0, p = 0; k < K; ++k) {
-          sym[k * K + k] = 2 * gg[p++];
-          for (int64_t q = k + 1; q < K; ++q, ++p) sym[k * K + q] = sym[q * K + k] = gg[p];
-        }
-      }
-      const T *b = orbitals + i * C * K;
-      for (int64_t c = 0; c < C; ++c) {
-        const T *sym = symmetric + order_of(exponents, c) * K * K;
-        const T *bc = b + c * K;
-        T *gbc = gb + c * K;
-        std::fill(gbc, gbc + K, T(0));
-        for (int64_t q = 0; q < K; ++q) {
-          const T bq = bc[q];
-#pragma omp simd
-          for (int64_t k = 0; k < K; ++k) gbc[k] += bq * sym[q * K + k];
-        }
-      }
+      symmetric_of(grad_gram + i * s.orders * s.pairs(), s, symmetric.data());
+      apply_symmetric(symmetric.data(), orbitals + i * C * K, exponents, s, gb);
       // dA_cj = sum_k gb_ck weighted_kj;  dweighted_kj = sum_c gb_ck A_cj
       combine_rows(gb, K, 1, scratch.weighted.data(), K, C, stride, ga);
       combine_rows(gb, 1, K, scratch.monomials.data(), C, K, stride, gw);
-      // d v_j[axis] = sum_c dA_cj w_c e_axis x^.. (one power of that axis less)
-      T *gv = grad_vectors + i * 3 * J;
-      std::fill(gv, gv + 3 * J, T(0));
-      for (int64_t c = 0; c < C; ++c) {
-        const int64_t *e = exponents + 3 * c;
-        for (int64_t axis = 0; axis < 3; ++axis) {
-          if (e[axis] == 0) continue;
-          const T scale = weights[c] * T(e[axis]);
-          const T *f[3];
-          for (int64_t other = 0; other < 3; ++other)
-            f[other] = powers + (other * s.orders + e[other] - (other == axis)) * stride;
-          T *gva = gv + axis * J;
-          const T *gac = ga + c * stride;
-#pragma omp simd
-          for (int64_t j = 0; j < J; ++j) gva[j] += scale * gac[j] * f[0][j] * f[1][j] * f[2][j];
-        }
-      }
+      monomial_gradient(ga, exponents, weights, scratch.powers.data(), s, stride,
+                        grad_vectors + i * 3 * J);
       T *gr = grad_radial + i * J * K;
       for (int64_t j = 0; j < J; ++j) {
         const T *c = coefficients + n[j] * K;
@@ -277,6 +354,106 @@ void gram_backward(const T *grad_gram, const T *vectors, const T *radial, const 
           const T g = gw[k * stride + j];
           gr[j * K + k] = g * c[k];
           gc[k] += g * r[j * K + k];
+        }
+      }
+    }
+  });
+}
+
+// The gradients of sum(h_v · dv) + sum(h_R · dR) + sum(h_c · dc), (dv, dR, dc) gram_backward's
+// outputs for dG, with respect to dG, v, R and the coefficients. With gb_c = S_L(c) b_c,
+// gA = gb W^T and gW = A^T gb (gram_backward's), hA = A's change along h_v:
+//   hW_jk = h_R_jk coef_(n_j)k + h_c_(n_j)k R_jk        (the gradient reaching gW)
+//   hgb   = hA W + A hW;   hS_L = sum_(c of order L) hgb_c b_c^T;   db_c = S_L hgb_c
+//   dA = gb hW^T + db W^T;   dW = hA^T gb + A^T db
+//   dv = (dA/dv)^T dA + gA · d2A/dv2 · h_v
+//   dR_jk = dW_jk coef_(n_j)k + h_c_(n_j)k gW_jk;   dcoef_(n_j)k += dW_jk R_jk + h_R_jk gW_jk
+// h_v, h_R, h_c may be null (no gradient arrived).
+template <typename T>
+void gram_double_backward(const T *grad_gram, const T *vectors, const T *radial,
+                          const int64_t *neighbor, const T *coefficients,
+                          const int64_t *exponents, const T *weights, const T *orbitals,
+                          const T *h_vectors, const T *h_radial, const T *h_coefficients,
+                          const Sizes &s, T *d_grad_gram, T *d_vectors, T *d_radial,
+                          T *d_coefficients_per_thread)
+{
+  const int64_t J = s.slots, K = s.gaussians, C = s.components, P = s.pairs();
+  at::parallel_for(0, s.centers, 16, [&](int64_t begin, int64_t end) {
+    T *d_coef = d_coefficients_per_thread + at::get_thread_num() * s.atoms * K;
+    CentreScratch<T> scratch(s);
+    const int64_t stride = scratch.stride;
+    const T *powers = scratch.powers.data();
+    T *A = scratch.monomials.data(), *W = scratch.weighted.data();
+    T *gA = scratch.grad_monomials.data(), *gW = scratch.grad_weighted.data();
+    T *gb = scratch.grad_orbitals.data();
+    // rows over the slots, zero beyond J
+    std::vector<T> rows_c(3 * C * stride), rows_k(3 * K * stride);
+    T *hA = rows_c.data(), *dA = hA + C * stride, *part_c = dA + C * stride;
+    T *hW = rows_k.data(), *dW = hW + K * stride, *part_k = dW + K * stride;
+    std::vector<T> per_component(3 * C * K), per_order(2 * s.orders * K * K);
+    T *hgb = per_component.data(), *db = hgb + C * K, *part_ck = db + C * K;
+    T *sym = per_order.data(), *hsym = sym + s.orders * K * K;
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t *n = neighbor + i * J;
+      const T *r = radial + i * J * K;
+      const T *b = orbitals + i * C * K;
+      const T *hv = h_vectors ? h_vectors + i * 3 * J : nullptr;
+      compute_monomials(vectors + i * 3 * J, exponents, weights, s, stride, scratch.powers.data(),
+                        A);
+      weigh_radial(r, n, coefficients, s, stride, W);
+      symmetric_of(grad_gram + i * s.orders * P, s, sym);
+      apply_symmetric(sym, b, exponents, s, gb);
+      combine_rows(gb, 1, K, A, C, K, stride, gW);
+      for (int64_t j = 0; j < J; ++j) {
+        const T *c = coefficients + n[j] * K;
+        const T *hc = h_coefficients ? h_coefficients + n[j] * K : nullptr;
+        const T *hr = h_radial ? h_radial + (i * J + j) * K : nullptr;
+        for (int64_t k = 0; k < K; ++k)
+          hW[k * stride + j] = (hr ? hr[k] * c[k] : T(0)) + (hc ? hc[k] * r[j * K + k] : T(0));
+      }
+      dot_rows(A, C, hW, K, stride, hgb);
+      if (hv) {
+        monomial_directional(hv, exponents, weights, powers, s, stride, hA);
+        dot_rows(hA, C, W, K, stride, part_ck);
+        for (int64_t e = 0; e < C * K; ++e) hgb[e] += part_ck[e];
+      }
+      std::fill(hsym, hsym + s.orders * K * K, T(0));
+      for (int64_t c = 0; c < C; ++c) {
+        T *hs = hsym + order_of(exponents, c) * K * K;
+        for (int64_t k = 0; k < K; ++k)
+          for (int64_t q = 0; q < K; ++q) hs[k * K + q] += hgb[c * K + k] * b[c * K + q];
+      }
+      for (int64_t order = 0; order < s.orders; ++order) {
+        const T *hs = hsym + order * K * K;
+        T *dgg = d_grad_gram + (i * s.orders + order) * P;
+        for (int64_t k = 0, p = 0; k < K; ++k) {
+          dgg[p++] = 2 * hs[k * K + k];
+          for (int64_t q = k + 1; q < K; ++q, ++p) dgg[p] = hs[k * K + q] + hs[q * K + k];
+        }
+      }
+      apply_symmetric(sym, hgb, exponents, s, db);
+      combine_rows(gb, K, 1, hW, K, C, stride, dA);
+      combine_rows(db, K, 1, W, K, C, stride, part_c);
+      for (int64_t e = 0; e < C * stride; ++e) dA[e] += part_c[e];
+      combine_rows(db, 1, K, A, C, K, stride, dW);
+      T *dv = d_vectors + i * 3 * J;
+      monomial_gradient(dA, exponents, weights, powers, s, stride, dv);
+      if (hv) {
+        combine_rows(gb, 1, K, hA, C, K, stride, part_k);
+        for (int64_t e = 0; e < K * stride; ++e) dW[e] += part_k[e];
+        combine_rows(gb, K, 1, W, K, C, stride, gA);
+        add_monomial_hessian(gA, hv, exponents, weights, powers, s, stride, dv);
+      }
+      T *dr = d_radial + i * J * K;
+      for (int64_t j = 0; j < J; ++j) {
+        const T *c = coefficients + n[j] * K;
+        const T *hc = h_coefficients ? h_coefficients + n[j] * K : nullptr;
+        const T *hr = h_radial ? h_radial + (i * J + j) * K : nullptr;
+        T *dc = d_coef + n[j] * K;
+        for (int64_t k = 0; k < K; ++k) {
+          const T first = gW[k * stride + j], second = dW[k * stride + j];
+          dr[j * K + k] = second * c[k] + (hc ? hc[k] * first : T(0));
+          dc[k] += second * r[j * K + k] + (hr ? hr[k] * first : T(0));
         }
       }
     }
@@ -324,6 +501,81 @@ Sizes check_inputs(const Tensor &vectors, const Tensor &radial, const Tensor &ne
   return s;
 }
 
+template <typename T> T *data_or_null(const Tensor &t)
+{
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+Sizes sizes_of(const Tensor &vectors, const Tensor &radial, const Tensor &coefficients,
+               const Tensor &exponents, int64_t orders)
+{
+  return {vectors.size(0), exponents.size(0), vectors.size(2),
+          radial.size(2),  orders,            coefficients.size(0)};
+}
+
+// (dG, vectors, radial, neighbor, coefficients, exponents, weights, b) -> (dv, dR, dcoef):
+// gram_backward, differentiable once more by gram_double_backward
+class OrbitalGramBackward : public torch::autograd::Function<OrbitalGramBackward> {
+ public:
+  static variable_list forward(AutogradContext *ctx, Tensor grad_gram, Tensor vectors,
+                               Tensor radial, Tensor neighbor, Tensor coefficients,
+                               Tensor exponents, Tensor weights, Tensor orbitals, int64_t orders)
+  {
+    const Sizes s = sizes_of(vectors, radial, coefficients, exponents, orders);
+    grad_gram = grad_gram.contiguous();
+    Tensor grad_vectors = torch::empty_like(vectors);
+    Tensor grad_radial = torch::empty_like(radial);
+    Tensor grad_coefficients =
+        torch::zeros({at::get_num_threads(), s.atoms, s.gaussians}, coefficients.options());
+    AT_DISPATCH_FLOATING_TYPES(vectors.scalar_type(), "reann::orbital_gram backward", [&] {
+      gram_backward<scalar_t>(
+          grad_gram.data_ptr<scalar_t>(), vectors.data_ptr<scalar_t>(),
+          radial.data_ptr<scalar_t>(), neighbor.data_ptr<int64_t>(),
+          coefficients.data_ptr<scalar_t>(), exponents.data_ptr<int64_t>(),
+          weights.data_ptr<scalar_t>(), orbitals.data_ptr<scalar_t>(), s,
+          grad_vectors.data_ptr<scalar_t>(), grad_radial.data_ptr<scalar_t>(),
+          grad_coefficients.data_ptr<scalar_t>());
+    });
+    ctx->save_for_backward(
+        {grad_gram, vectors, radial, neighbor, coefficients, exponents, weights, orbitals});
+    ctx->saved_data["orders"] = orders;
+    return {grad_vectors, grad_radial, grad_coefficients.sum(0)};
+  }
+
+  static variable_list backward(AutogradContext *ctx, variable_list grad_outputs)
+  {
+    TORCH_CHECK(!torch::GradMode::is_enabled(),
+                "reann::orbital_gram has no third derivative (a second backward pass with "
+                "create_graph=True)");
+    const variable_list saved = ctx->get_saved_variables();
+    const Tensor &grad_gram = saved[0], &vectors = saved[1], &radial = saved[2];
+    const Tensor &neighbor = saved[3], &coefficients = saved[4], &exponents = saved[5];
+    const Tensor &weights = saved[6], &orbitals = saved[7];
+    const Sizes s =
+        sizes_of(vectors, radial, coefficients, exponents, ctx->saved_data["orders"].toInt());
+    variable_list h(3);
+    for (size_t output = 0; output < 3; ++output)
+      if (grad_outputs[output].defined()) h[output] = grad_outputs[output].contiguous();
+    Tensor d_grad_gram = torch::empty_like(grad_gram), d_vectors = torch::empty_like(vectors);
+    Tensor d_radial = torch::empty_like(radial);
+    Tensor d_coefficients =
+        torch::zeros({at::get_num_threads(), s.atoms, s.gaussians}, coefficients.options());
+    AT_DISPATCH_FLOATING_TYPES(vectors.scalar_type(), "reann::orbital_gram double backward", [&] {
+      gram_double_backward<scalar_t>(
+          grad_gram.data_ptr<scalar_t>(), vectors.data_ptr<scalar_t>(),
+          radial.data_ptr<scalar_t>(), neighbor.data_ptr<int64_t>(),
+          coefficients.data_ptr<scalar_t>(), exponents.data_ptr<int64_t>(),
+          weights.data_ptr<scalar_t>(), orbitals.data_ptr<scalar_t>(),
+          data_or_null<scalar_t>(h[0]), data_or_null<scalar_t>(h[1]),
+          data_or_null<scalar_t>(h[2]), s, d_grad_gram.data_ptr<scalar_t>(),
+          d_vectors.data_ptr<scalar_t>(), d_radial.data_ptr<scalar_t>(),
+          d_coefficients.data_ptr<scalar_t>());
+    });
+    return {d_grad_gram, d_vectors, d_radial, Tensor(), d_coefficients.sum(0),
+            Tensor(),    Tensor(),  Tensor(),  Tensor()};
+  }
+};
+
 class OrbitalGram : public torch::autograd::Function<OrbitalGram> {
  public:
   static Tensor forward(AutogradContext *ctx, Tensor vectors, Tensor radial, Tensor neighbor,
@@ -351,31 +603,11 @@ class OrbitalGram : public torch::autograd::Function<OrbitalGram> {
 
   static variable_list backward(AutogradContext *ctx, variable_list grad_outputs)
   {
-    TORCH_CHECK(!torch::GradMode::is_enabled(),
-                "reann::orbital_gram has no second derivative (a backward pass with "
-                "create_graph=True); deployed models compute forces, train with the torch form");
     const variable_list saved = ctx->get_saved_variables();
-    const Tensor &vectors = saved[0], &radial = saved[1], &neighbor = saved[2];
-    const Tensor &coefficients = saved[3], &exponents = saved[4], &weights = saved[5];
-    const Tensor &orbitals = saved[6];
-    const Sizes s{vectors.size(0),  exponents.size(0),
-                  vectors.size(2),  radial.size(2),
-                  ctx->saved_data["orders"].toInt(), coefficients.size(0)};
-    const Tensor grad_gram = grad_outputs[0].contiguous();
-    Tensor grad_vectors = torch::empty_like(vectors);
-    Tensor grad_radial = torch::empty_like(radial);
-    Tensor grad_coefficients =
-        torch::zeros({at::get_num_threads(), s.atoms, s.gaussians}, coefficients.options());
-    AT_DISPATCH_FLOATING_TYPES(vectors.scalar_type(), "reann::orbital_gram backward", [&] {
-      gram_backward<scalar_t>(
-          grad_gram.data_ptr<scalar_t>(), vectors.data_ptr<scalar_t>(),
-          radial.data_ptr<scalar_t>(), neighbor.data_ptr<int64_t>(),
-          coefficients.data_ptr<scalar_t>(), exponents.data_ptr<int64_t>(),
-          weights.data_ptr<scalar_t>(), orbitals.data_ptr<scalar_t>(), s,
-          grad_vectors.data_ptr<scalar_t>(), grad_radial.data_ptr<scalar_t>(),
-          grad_coefficients.data_ptr<scalar_t>());
-    });
-    return {grad_vectors, grad_radial, Tensor(), grad_coefficients.sum(0), Tensor(), Tensor()};
+    const variable_list grads = OrbitalGramBackward::apply(
+        grad_outputs[0], saved[0], saved[1], saved[2], saved[3], saved[4], saved[5], saved[6],
+        ctx->saved_data["orders"].toInt());
+    return {grads[0], grads[1], Tensor(), grads[2], Tensor(), Tensor()};
   }
 };
 

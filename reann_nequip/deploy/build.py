@@ -8,8 +8,8 @@ import torch
 from nequip.data import AtomicDataDict
 
 from .._version import __version__
+from ..nn.kernels import load_kernels
 from .deployed_model import DeployedEnergyModel, DeployedTensorModel
-from .kernels import load_kernels
 
 # the layout of the deployed file; pair_reann refuses files of another format
 # (2: energy models call the torch.ops.reann kernels)
@@ -167,7 +167,6 @@ def save_deployed(
     metadata = deployed_metadata(graph_model, units, source)
     graph_model = copy.deepcopy(graph_model)
     if metadata["model_kind"] == "energy":
-        load_kernels()
         _density_module(graph_model, source).use_fused_kernels()
         # the per-atom energy part, inside the ForceStressOutput
         deployed = DeployedEnergyModel(graph_model.model.func)

@@ -99,7 +99,10 @@ _DENSITY_ARGS_DOC = """
         avg_num_neighbors (float): initial orbital coefficients are 1/avg_num_neighbors
             (REANN uses 1/``neigh_atoms``; default ``None`` gives 1)
         per_edge_type_cutoff (dict): smaller cutoffs per element pair, as in nequip
-            (default ``None``)"""
+            (default ``None``)
+        density_kernel (str): how the density's sums run on CPU: ``fused`` (the C++ kernel,
+            built by ``reann-nequip build-lammps``; about 3× less training memory), ``torch``
+            (torch operations), ``auto`` (default: fused when the kernel is built)"""
 
 
 def _density_network(
@@ -115,6 +118,7 @@ def _density_network(
     gaussian_exponents: Optional[List] = None,
     avg_num_neighbors: Optional[float] = None,
     per_edge_type_cutoff: Optional[Dict[str, Union[float, Dict[str, float]]]] = None,
+    density_kernel: str = "auto",
     **unknown,
 ) -> Tuple[Dict[str, GraphModuleMixin], int]:
     """The validated REANN density stages by name, and the density width M."""
@@ -165,6 +169,7 @@ def _density_network(
         shared_mixing=shared_mixing,
         initial_coefficient=1.0 if avg_num_neighbors is None else 1.0 / avg_num_neighbors,
         coefficient_network=coefficient_network,
+        density_kernel=density_kernel,
         irreps_in=radial_basis.irreps_out,
     )
     stages = {"edge_length": edge_length, "radial_basis": radial_basis, "density": density}

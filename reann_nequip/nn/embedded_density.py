@@ -15,6 +15,8 @@ from typing import List, Tuple
 
 import torch
 
+from .kernels import load_kernels
+
 
 def cartesian_exponents(l_max: int) -> List[List[int]]:
     """Distinct exponent triples (a, b, c), a + b + c = L, for L = 0 … l_max, ordered by L."""
@@ -235,7 +237,18 @@ class OrbitalGram(torch.nn.Module):
     ) -> torch.Tensor:
         """:meth:`block_geometry` of the neighbour vectors and the other arguments of
         :func:`block_orbitals` → G [num_atoms, (L_max + 1) · P]."""
-        orbitals = block_orbitals(geometry, radial, neighbor, coefficients)  # [num_atoms, C, K]
+        return self.gram_of_monomials(geometry, radial, neighbor, coefficients)
+
+    def gram_of_monomials(
+        self,
+        monomials: torch.Tensor,
+        radial: torch.Tensor,
+        neighbor: torch.Tensor,
+        coefficients: torch.Tensor,
+    ) -> torch.Tensor:
+        """G [num_atoms, (L_max + 1) · P] from the monomial blocks [num_atoms, C, J] and the
+        other arguments of :func:`block_orbitals`."""
+        orbitals = block_orbitals(monomials, radial, neighbor, coefficients)  # [num_atoms, C, K]
         products = torch.index_select(orbitals, 2, self.pairs[0]) * torch.index_select(
             orbitals, 2, self.pairs[1]
         )  # [num_atoms, C, P]
@@ -253,10 +266,10 @@ class FusedOrbitalGram(OrbitalGram):
     """:class:`OrbitalGram` by the C++ kernel ``torch.ops.reann.orbital_gram`` (CPU): one pass
     per centre computes monomials, orbitals and Gram matrices in cache from the neighbour
     vectors, so no per-slot tensor ([num_atoms, C, J], [num_atoms, J, K]) is formed or kept for
-    the backward pass. Deployed models use it. Its backward pass is not differentiable (forces,
-    not their gradients), so models are trained with :class:`OrbitalGram`. The kernel library
-    must be loaded (:func:`reann_nequip.deploy.kernels.load_kernels`) before scripting or calling
-    it."""
+    the backward pass. Its backward pass, and that pass's own backward (force training), are
+    kernels too; third derivatives are refused. On other devices the torch form runs on the
+    same blocks. The kernel library must be loaded
+    (:func:`reann_nequip.nn.kernels.load_kernels`) before scripting or calling it."""
 
     def block_geometry(
         self, vectors: torch.Tensor, slot: torch.Tensor, num_atoms: int, max_neighbors: int
@@ -273,6 +286,11 @@ class FusedOrbitalGram(OrbitalGram):
         coefficients: torch.Tensor,
     ) -> torch.Tensor:
         """As :meth:`OrbitalGram.forward`, ``geometry`` being the neighbour vectors."""
+        if not torch.jit.is_scripting():
+            # a model unpickled in a new process (a nequip package) has not loaded the library
+            load_kernels()
+        if geometry.device.type != "cpu":
+            return self.torch_form(geometry, radial, neighbor, coefficients)
         return torch.ops.reann.orbital_gram(
             geometry,
             radial,
@@ -280,6 +298,25 @@ class FusedOrbitalGram(OrbitalGram):
             coefficients,
             self.exponents,
             self.weights.to(geometry.dtype),
+        )
+
+    def torch_form(
+        self,
+        geometry: torch.Tensor,
+        radial: torch.Tensor,
+        neighbor: torch.Tensor,
+        coefficients: torch.Tensor,
+    ) -> torch.Tensor:
+        """:meth:`forward` by torch operations, on devices the kernel does not run on."""
+        num_atoms, slots = geometry.shape[0], geometry.shape[2]
+        monomials = cartesian_monomials(
+            geometry.transpose(1, 2).reshape(-1, 3),
+            self.exponents,
+            self.weights.to(geometry.dtype),
+            self.l_max,
+        )  # [num_atoms * J, C]
+        return self.gram_of_monomials(
+            monomials.view(num_atoms, slots, -1).transpose(1, 2), radial, neighbor, coefficients
         )
 
 

@@ -1,5 +1,7 @@
 """REANN's recursion: orbital coefficients refined from the density, T times (``oc_loop``)."""
 
+import functools
+import logging
 import math
 from typing import Any, Dict, List, Tuple
 
@@ -18,6 +20,9 @@ from .embedded_density import (
     to_neighbor_blocks,
 )
 from .graph_capture import capturing_graph
+from .kernels import kernels_available, load_kernels
+
+DENSITY_KERNELS = ("auto", "fused", "torch")
 
 
 class OrbitalCoefficientUpdate(torch.nn.Module):
@@ -51,8 +56,9 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
     neighbour blocks (:meth:`geometry`, fast); while a graph is captured (``nequip-compile``, see
     :func:`~reann_nequip.nn.graph_capture.capturing_graph`) they run edge by edge
     (:meth:`edge_geometry`), which has no data-dependent sizes. On the blocks, the orbitals' Gram
-    matrices come from torch operations (:class:`OrbitalGram`), or in deployed models from a C++
-    kernel (:meth:`use_fused_kernels`).
+    matrices come from a C++ kernel (:class:`FusedOrbitalGram`) or from torch operations
+    (:class:`OrbitalGram`), chosen by ``density_kernel``: the same numbers to round-off, both
+    differentiable twice (force training).
 
     Reads ``edge_vectors`` and ``edge_embedding`` [num_edges, K]; writes ``node_features``
     [num_atoms, M] in the model dtype.
@@ -67,6 +73,8 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
         initial_coefficient (float): initial value of every c⁽⁰⁾ entry (REANN: 1/``neigh_atoms``)
         coefficient_network (dict): :class:`ElementNetworks` options of the update networks
             (``hidden``, ``num_blocks``, ``activation``, ``layer_norm``, ``dropout``)
+        density_kernel (str): ``fused`` (the C++ kernel library must be built), ``torch``, or
+            ``auto`` (default): fused when the library is built, else torch with a warning
     """
 
     def __init__(
@@ -79,9 +87,14 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
         shared_mixing: bool,
         initial_coefficient: float,
         coefficient_network: Dict[str, Any],
+        density_kernel: str = "auto",
         irreps_in=None,
     ):
         super().__init__()
+        if density_kernel not in DENSITY_KERNELS:
+            raise ValueError(
+                f"`density_kernel` must be one of {DENSITY_KERNELS}, found {density_kernel!r}"
+            )
         num_types = len(type_names)
         self.monomials = CartesianMonomials(l_max)
         self.initial_coefficients = torch.nn.Parameter(
@@ -94,6 +107,8 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
         mixing = torch.empty(num_mixings, 1, num_gaussians, num_orbitals).uniform_(-bound, bound)
         self.mixing = torch.nn.Parameter(mixing.repeat(1, l_max + 1, 1, 1).contiguous())
         self.orbital_gram = OrbitalGram(num_gaussians, self.monomials)
+        if density_kernel == "fused" or (density_kernel == "auto" and _kernel_built()):
+            self.use_fused_kernels()
 
         self.updates = torch.nn.ModuleList(
             [
@@ -111,8 +126,9 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
         )
 
     def use_fused_kernels(self) -> None:
-        """Compute the orbitals' Gram matrices with the C++ kernel (:class:`FusedOrbitalGram`),
-        for inference: its backward pass gives forces but cannot be differentiated again."""
+        """Compute the orbitals' Gram matrices with the C++ kernel (:class:`FusedOrbitalGram`);
+        raises if its library is not built."""
+        load_kernels()
         self.orbital_gram = FusedOrbitalGram(self.initial_coefficients.shape[1], self.monomials)
 
     def _mixing_for_step(self, step: int) -> torch.Tensor:
@@ -209,3 +225,19 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
             step, geometry, radial, neighbors, coefficients
         )
         return data
+
+
+def _kernel_built() -> bool:
+    """Whether the kernel library is built; warns (once per process) when it is not."""
+    if kernels_available():
+        return True
+    _warn_torch_form()
+    return False
+
+
+@functools.cache
+def _warn_torch_form() -> None:
+    logging.getLogger(__name__).warning(
+        "the reann_nequip kernel library is not built: the density runs on torch operations, "
+        "slower and with more memory in training. Build it with `reann-nequip build-lammps`."
+    )

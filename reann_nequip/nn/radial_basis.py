@@ -7,6 +7,9 @@ import torch
 from nequip.data import AtomicDataDict
 from nequip.nn import GraphModuleMixin
 
+from .graph_capture import capturing_graph
+from .recompute import recomputed
+
 
 def squared_cosine_cutoff(x: torch.Tensor) -> torch.Tensor:
     """f_c = (½ cos(π x) + ½)² for x = d / r_c < 1, and 0 beyond.
@@ -91,8 +94,36 @@ class SpeciesGaussianBasis(GraphModuleMixin, torch.nn.Module):
         norm_length = data[AtomicDataDict.NORM_LENGTH_KEY].view(-1, 1).to(self._model_dtype)
         neighbor = data[AtomicDataDict.EDGE_INDEX_KEY][1]
         neighbor_type = torch.index_select(data[AtomicDataDict.ATOM_TYPE_KEY].view(-1), 0, neighbor)
+        if (
+            torch.jit.is_scripting()
+            or capturing_graph()
+            or not (self.training and torch.is_grad_enabled())
+        ):
+            radial = self.radial_functions(length, norm_length, neighbor_type)
+        else:
+            radial = self._recomputed_radial_functions(length, norm_length, neighbor_type)
+        data[AtomicDataDict.EDGE_EMBEDDING_KEY] = radial
+        return data
+
+    def radial_functions(
+        self, length: torch.Tensor, norm_length: torch.Tensor, neighbor_type: torch.Tensor
+    ) -> torch.Tensor:
+        """Lengths d [num_edges, 1] in Å, d / r_c [num_edges, 1], neighbour species
+        [num_edges] → [num_edges, K]."""
         centers = torch.index_select(self.centers, 0, neighbor_type)  # [num_edges, K]
         exponents = torch.index_select(self.exponents, 0, neighbor_type)
         gaussians = torch.exp(exponents * (length - centers).square())
-        data[AtomicDataDict.EDGE_EMBEDDING_KEY] = squared_cosine_cutoff(norm_length) * gaussians
-        return data
+        return squared_cosine_cutoff(norm_length) * gaussians
+
+    @torch.jit.unused
+    def _recomputed_radial_functions(
+        self, length: torch.Tensor, norm_length: torch.Tensor, neighbor_type: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`radial_functions` keeping only the lengths for the backward passes: force
+        training would otherwise keep about ten [num_edges, K] tensors to the end of the step."""
+        return recomputed(
+            self.radial_functions,
+            (length, norm_length),
+            (neighbor_type,),
+            (self.centers, self.exponents),
+        )

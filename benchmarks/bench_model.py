@@ -10,7 +10,8 @@ process (one torch thread) so that its peak resident memory is its own:
   first ``water_deepmd`` frame replicated to 192, 1,536 and 12,288 atoms;
 - **training**: forward with forces, energy-per-atom + force MSE, backward, Adam step of the nequip
   ``GraphModel`` in float32 on batches of CO2/Ni(100) frames (REANN ``configuration`` file) and of
-  192-atom water frames.
+  192-atom water frames, with the density's C++ kernel (``density_kernel: fused``) and with torch
+  operations (``torch``).
 
 Achieved GFLOP/s divide the model's arithmetic (see :func:`model_flops_per_atom`) by the time.
 See ``benchmarks/README.md``.
@@ -185,6 +186,7 @@ def training_worker(args: argparse.Namespace) -> Dict:
         energy_network={"hidden": HIDDEN},
         coefficient_network={"hidden": HIDDEN},
         avg_num_neighbors=avg_num_neighbors,
+        density_kernel=args.density_kernel,
     ).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     base_rss = _peak_rss_mb()
@@ -237,7 +239,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[192, 1536, 12288])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
     parser.add_argument("--co2-batch", type=int, default=128, help="CO2/Ni(100) frames per step")
-    parser.add_argument("--water-batch", type=int, default=16, help="water frames per step")
+    parser.add_argument("--water-batch", type=int, default=128, help="water frames per step")
+    parser.add_argument(
+        "--density-kernels",
+        nargs="+",
+        default=["fused", "torch"],
+        choices=["fused", "torch"],
+        help="training runs with these density_kernel settings",
+    )
     parser.add_argument("--no-training", action="store_true", help="deployed model only")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls")
     parser.add_argument("--min-repeats", type=int, default=3, help="timed calls, at least")
@@ -269,13 +278,20 @@ def main(argv: Optional[List[str]] = None) -> None:
     training = []
     if not args.no_training:
         for system, batch_size in (("co2_ni100", args.co2_batch), ("water", args.water_batch)):
-            row = run_worker(args, kind="training", system=system, batch_size=batch_size)
-            training.append({"system": system, **row})
-            print(
-                f"  training {system}: {batch_size / row['wall']:.1f} frames/s",
-                file=sys.stderr,
-                flush=True,
-            )
+            for kernel in args.density_kernels:
+                row = run_worker(
+                    args,
+                    kind="training",
+                    system=system,
+                    batch_size=batch_size,
+                    density_kernel=kernel,
+                )
+                training.append({"system": system, "kernel": kernel, **row})
+                print(
+                    f"  training {system} ({kernel}): {batch_size / row['wall']:.1f} frames/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     print(
         f"\nREANN model speed, {platform.processor() or platform.machine()}, {os.cpu_count()} "
@@ -293,11 +309,14 @@ def main(argv: Optional[List[str]] = None) -> None:
         )
     if training:
         print("\nTraining step (float32; forward, forces, energy + force MSE, backward, Adam)")
-        print("| frames | batch | atoms | ms/step | frames/s | GFLOP/s | peak RSS (MB) |")
-        print("|---|---|---|---|---|---|---|")
+        print(
+            "| frames | density_kernel | batch | atoms | ms/step | frames/s | GFLOP/s "
+            "| peak RSS (MB) |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
         for row in training:
             print(
-                f"| {row['system']} | {row['frames']} | {row['atoms']} | {1e3 * row['wall']:.0f} "
+                f"| {row['system']} | {row['kernel']} | {row['frames']} | {row['atoms']} | {1e3 * row['wall']:.0f} "
                 f"| {row['frames'] / row['wall']:.1f} "
                 f"| {1e-9 * row['flops_per_atom'] * row['atoms'] / row['wall']:.2f} "
                 f"| {row['peak_rss_mb']:.0f} |"

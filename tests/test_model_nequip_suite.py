@@ -1,6 +1,7 @@
 """nequip's shared model test suite, run on REANN (T = 2) and EANN (T = 0) in float32 and float64."""
 
 import pytest
+import torch
 from nequip.utils.unittests.model_tests import BaseEnergyModelTests
 from nequip.utils.unittests.model_tests_basic import BasicModelTestsMixin, EnergyModelTestsMixin
 
@@ -23,6 +24,15 @@ BASE_CONFIG = {
     "per_type_energy_shifts": {"H": -13.6, "C": -1027.5, "O": -2041.0},
     "per_type_energy_scales": {"H": 0.5, "C": 1.5, "O": 1.0},
 }
+
+
+@pytest.fixture(autouse=True)
+def seeded_torch():
+    """The suite draws random rotations and translations from torch's global generator; a
+    translation of a few hundred Å puts ~4e-10 Å of float64 round-off into nequip's own
+    edge vectors, above the float64 tolerance, in about one run out of twenty. Seeded, each
+    test draws the same ones every run."""
+    torch.manual_seed(20261201)
 
 
 class PerturbedReannMixin:

@@ -57,16 +57,22 @@ def edges_in_blocks(num_centers, max_neighbors, num_gaussians, num_atoms, dtype,
     return (vectors, slot, width), radial, neighbor, coefficients
 
 
-def gram_and_gradients(module, edges, radial, neighbor, coefficients):
-    """G and its weighted sum's gradients with respect to the edges' vectors and radial
-    functions and the coefficients (the padding slots' own gradients differ by form: the
-    kernel sees zero vectors there, the torch form zero monomials; neither reaches an edge)."""
+def gram_of_edges(module, edges, radial, neighbor, coefficients):
+    """Leaf copies of the edges' vectors, radial functions and the coefficients, and G of them
+    as the model computes it (blocks by ``module.block_geometry``)."""
     vectors, slot, width = edges
     num_centers = neighbor.shape[0] // width
     inputs = [t.clone().requires_grad_(True) for t in (vectors, radial, coefficients)]
     geometry = module.block_geometry(inputs[0], slot, num_centers, width)
     radial_blocks = to_neighbor_blocks(inputs[1], slot, num_centers, width)
-    gram = module(geometry, radial_blocks, neighbor, inputs[2])
+    return inputs, module(geometry, radial_blocks, neighbor, inputs[2])
+
+
+def gram_and_gradients(module, edges, radial, neighbor, coefficients):
+    """G and its weighted sum's gradients with respect to the edges' vectors and radial
+    functions and the coefficients (the padding slots' own gradients differ by form: the
+    kernel sees zero vectors there, the torch form zero monomials; neither reaches an edge)."""
+    inputs, gram = gram_of_edges(module, edges, radial, neighbor, coefficients)
     weights = torch.linspace(-1.0, 2.0, gram.numel(), dtype=gram.dtype).view_as(gram)
     (gram * weights).sum().backward()
     # at l_max = 0 the torch form does not depend on the vectors at all
@@ -100,13 +106,8 @@ def second_derivatives(module, edges, radial, neighbor, coefficients):
     parameter u, as dG depends on the network weights), then the gradient of a weighted sum
     of those derivatives with respect to the edges' vectors and radial functions, the
     coefficients and u."""
-    vectors, slot, width = edges
-    num_centers = neighbor.shape[0] // width
-    inputs = [t.clone().requires_grad_(True) for t in (vectors, radial, coefficients)]
-    u = torch.tensor(0.7, dtype=vectors.dtype, requires_grad=True)
-    geometry = module.block_geometry(inputs[0], slot, num_centers, width)
-    radial_blocks = to_neighbor_blocks(inputs[1], slot, num_centers, width)
-    gram = module(geometry, radial_blocks, neighbor, inputs[2])
+    u = torch.tensor(0.7, dtype=edges[0].dtype, requires_grad=True)
+    inputs, gram = gram_of_edges(module, edges, radial, neighbor, coefficients)
     upstream = torch.linspace(-1.0, 2.0, gram.numel(), dtype=gram.dtype).view_as(gram)
     first = torch.autograd.grad(
         (gram * upstream * u + gram.square()).sum(), inputs, create_graph=True, allow_unused=True

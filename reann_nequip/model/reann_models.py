@@ -101,7 +101,7 @@ _DENSITY_ARGS_DOC = """
         per_edge_type_cutoff (dict): smaller cutoffs per element pair, as in nequip
             (default ``None``)
         density_kernel (str): how the density's sums run on CPU: ``fused`` (the C++ kernel,
-            built by ``reann-nequip build-lammps``; about 3× less training memory), ``torch``
+            built by ``reann-nequip build-lammps``; half the training memory), ``torch``
             (torch operations), ``auto`` (default: fused when the kernel is built)"""
 
 

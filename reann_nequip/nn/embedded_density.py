@@ -286,11 +286,11 @@ class FusedOrbitalGram(OrbitalGram):
         coefficients: torch.Tensor,
     ) -> torch.Tensor:
         """As :meth:`OrbitalGram.forward`, ``geometry`` being the neighbour vectors."""
+        if geometry.device.type != "cpu":
+            return self.torch_form(geometry, radial, neighbor, coefficients)
         if not torch.jit.is_scripting():
             # a model unpickled in a new process (a nequip package) has not loaded the library
             load_kernels()
-        if geometry.device.type != "cpu":
-            return self.torch_form(geometry, radial, neighbor, coefficients)
         return torch.ops.reann.orbital_gram(
             geometry,
             radial,

@@ -79,28 +79,6 @@ def gram_and_gradients(module, edges, radial, neighbor, coefficients):
     return [gram.detach()] + [torch.zeros_like(t) if t.grad is None else t.grad for t in inputs]
 
 
-@pytest.mark.parametrize(
-    "l_max, num_gaussians, dtype, rtol",
-    [
-        (0, 1, torch.float64, 1e-12),
-        (1, 5, torch.float64, 1e-12),
-        (2, 8, torch.float64, 1e-12),
-        (3, 3, torch.float64, 1e-12),
-        (2, 8, torch.float32, 1e-5),
-    ],
-)
-def test_kernel_equals_torch_form_with_gradients(l_max, num_gaussians, dtype, rtol):
-    # 40 centres whose neighbours include 25 further (ghost) atoms
-    blocks = edges_in_blocks(40, 13, num_gaussians, 65, dtype)
-    monomials = CartesianMonomials(l_max)
-    reference = gram_and_gradients(OrbitalGram(num_gaussians, monomials), *blocks)
-    fused = gram_and_gradients(FusedOrbitalGram(num_gaussians, monomials), *blocks)
-    for name, expected, actual in zip(("gram", "vectors", "radial", "coeffs"), reference, fused):
-        scale = expected.abs().max()
-        assert scale > 0 or (name == "vectors" and l_max == 0), name
-        torch.testing.assert_close(actual, expected, rtol=0, atol=rtol * max(scale, 1.0), msg=name)
-
-
 def second_derivatives(module, edges, radial, neighbor, coefficients):
     """What force training differentiates: the first derivatives of <U, G> (U depends on a
     parameter u, as dG depends on the network weights), then the gradient of a weighted sum
@@ -131,14 +109,27 @@ def second_derivatives(module, edges, radial, neighbor, coefficients):
         (2, 8, torch.float32, 2e-5),
     ],
 )
-def test_kernel_second_derivatives_equal_torch_form(l_max, num_gaussians, dtype, rtol):
-    blocks = edges_in_blocks(30, 11, num_gaussians, 50, dtype, seed=4)
+def test_kernel_equals_torch_form_with_first_and_second_derivatives(
+    l_max, num_gaussians, dtype, rtol
+):
+    # 40 centres whose neighbours include 25 further (ghost) atoms
+    blocks = edges_in_blocks(40, 13, num_gaussians, 65, dtype)
     monomials = CartesianMonomials(l_max)
-    reference = second_derivatives(OrbitalGram(num_gaussians, monomials), *blocks)
-    fused = second_derivatives(FusedOrbitalGram(num_gaussians, monomials), *blocks)
-    for name, expected, actual in zip(("vectors", "radial", "coeffs", "u"), reference, fused):
+    results = []
+    for module in (
+        OrbitalGram(num_gaussians, monomials),
+        FusedOrbitalGram(num_gaussians, monomials),
+    ):
+        results.append(gram_and_gradients(module, *blocks) + second_derivatives(module, *blocks))
+    names = ("gram", "vectors", "radial", "coeffs") + (
+        "d2 vectors",
+        "d2 radial",
+        "d2 coeffs",
+        "d2 u",
+    )
+    for name, expected, actual in zip(names, *results):
         scale = expected.abs().max()
-        assert scale > 0 or (name == "vectors" and l_max == 0), name
+        assert scale > 0 or (name.endswith("vectors") and l_max == 0), name
         torch.testing.assert_close(actual, expected, rtol=0, atol=rtol * max(scale, 1.0), msg=name)
 
 

@@ -210,11 +210,15 @@ void apply_symmetric(const T *sym, const T *x, const int64_t *exponents, const S
   }
 }
 
-// The row of v[axis]^exponent in the power table of compute_monomials
+// f[axis] = the row of v[axis]^(e[axis] - [axis == first] - [axis == second]) in the power table
+// of compute_monomials: the factors of a monomial's derivative along `first` (and `second`;
+// -1 for none)
 template <typename T>
-const T *power_row(const T *powers, const Sizes &s, int64_t stride, int64_t axis, int64_t exponent)
+void lowered_power_rows(const T *powers, const Sizes &s, int64_t stride, const int64_t *e,
+                        int64_t first, int64_t second, const T *f[3])
 {
-  return powers + (axis * s.orders + exponent) * stride;
+  for (int64_t axis = 0; axis < 3; ++axis)
+    f[axis] = powers + (axis * s.orders + e[axis] - (axis == first) - (axis == second)) * stride;
 }
 
 // gv[axis * J + j] = sum_c ga_cj dA_cj/dv_j[axis]; dA/dv[axis] = w_c e_axis (that power less)
@@ -230,8 +234,7 @@ void monomial_gradient(const T *ga, const int64_t *exponents, const T *weights, 
       if (e[axis] == 0) continue;
       const T scale = weights[c] * T(e[axis]);
       const T *f[3];
-      for (int64_t other = 0; other < 3; ++other)
-        f[other] = power_row(powers, s, stride, other, e[other] - (other == axis));
+      lowered_power_rows(powers, s, stride, e, axis, int64_t(-1), f);
       T *gva = gv + axis * J;
       const T *gac = ga + c * stride;
 #pragma omp simd
@@ -254,8 +257,7 @@ void monomial_directional(const T *hv, const int64_t *exponents, const T *weight
       if (e[axis] == 0) continue;
       const T scale = weights[c] * T(e[axis]);
       const T *f[3];
-      for (int64_t other = 0; other < 3; ++other)
-        f[other] = power_row(powers, s, stride, other, e[other] - (other == axis));
+      lowered_power_rows(powers, s, stride, e, axis, int64_t(-1), f);
       const T *hva = hv + axis * J;
 #pragma omp simd
       for (int64_t j = 0; j < J; ++j) hac[j] += scale * hva[j] * f[0][j] * f[1][j] * f[2][j];
@@ -278,9 +280,7 @@ void add_monomial_hessian(const T *ga, const T *hv, const int64_t *exponents, co
         if (e[first] == 0 || lowered <= 0) continue;
         const T scale = weights[c] * T(e[first]) * T(lowered);
         const T *f[3];
-        for (int64_t other = 0; other < 3; ++other)
-          f[other] = power_row(powers, s, stride, other,
-                               e[other] - (other == first) - (other == second));
+        lowered_power_rows(powers, s, stride, e, first, second, f);
         const T *hvf = hv + first * J;
         T *gvs = gv + second * J;
 #pragma omp simd

@@ -135,7 +135,7 @@ def _chunked_gradients(
     for start, length in _row_chunks(saved[0].shape[0]):
         chunk = [tensor.narrow(0, start, length) for tensor in saved]
         incoming = None
-        if grad_gradients is not None:
+        if second_order:
             incoming = [
                 g if g is None or index >= num_inputs else g.narrow(0, start, length)
                 for index, g in enumerate(grad_gradients)

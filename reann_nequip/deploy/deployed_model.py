@@ -71,31 +71,34 @@ class DeployedEnergyModel(torch.nn.Module):
         Returns: atomic energies [N] (eV), forces [N, 3] (eV/Å) = −∂E_local/∂pos and the virial
         [3, 3] (eV) = −∂E_local/∂ε under a symmetric strain ε, all float64.
         """
-        pos = pos.detach().requires_grad_(True)
-        strain = torch.zeros((3, 3), dtype=pos.dtype, device=pos.device).requires_grad_(True)
-        symmetric_strain = 0.5 * (strain + strain.transpose(0, 1))
-        # r_ij under the strain: atoms and image shifts deform alike, (x_j − x_i + s_ij)(1 + ε)
-        deformation = torch.eye(3, dtype=pos.dtype, device=pos.device) + symmetric_strain
-        vectors = torch.index_select(pos, 0, edge_index[1]) - torch.index_select(
-            pos, 0, edge_index[0]
-        )
+        # the edge vectors r_ij = x_j − x_i + s_ij are the leaves: forces and virial both follow
+        # from g_ij = ∂E/∂r_ij, F = −∂E/∂x and the virial −Σ r ⊗ g (symmetrised) = −∂E/∂ε
+        vectors = (
+            torch.index_select(pos, 0, edge_index[1])
+            - torch.index_select(pos, 0, edge_index[0])
+            + shift
+        ).detach().requires_grad_(True)
         data: AtomicDataDict.Type = {
             AtomicDataDict.POSITIONS_KEY: pos,
             AtomicDataDict.ATOM_TYPE_KEY: atom_types,
             AtomicDataDict.EDGE_INDEX_KEY: edge_index,
-            AtomicDataDict.EDGE_VECTORS_KEY: torch.mm(vectors + shift, deformation),
+            AtomicDataDict.EDGE_VECTORS_KEY: vectors,
         }
         atomic_energy = self.energy_model(data)[AtomicDataDict.PER_ATOM_ENERGY_KEY]
         atomic_energy = atomic_energy.view(-1).to(torch.float64)
         local_energy = atomic_energy[:num_local].sum()
         gradients: List[Optional[torch.Tensor]] = torch.autograd.grad(
-            [local_energy], [pos, strain], allow_unused=True
+            [local_energy], [vectors], allow_unused=True
         )
-        pos_gradient = gradients[0]
-        strain_gradient = gradients[1]
-        # an atom without neighbours leaves no path from pos to the energy
-        forces = torch.zeros_like(pos) if pos_gradient is None else -pos_gradient
-        virial = torch.zeros_like(strain) if strain_gradient is None else -strain_gradient
+        edge_gradient = gradients[0]
+        forces = torch.zeros_like(pos)
+        virial = torch.zeros((3, 3), dtype=pos.dtype, device=pos.device)
+        # no edge reaches the energy when no atom has a neighbour
+        if edge_gradient is not None:
+            forces.index_add_(0, edge_index[0], edge_gradient)
+            forces.index_add_(0, edge_index[1], -edge_gradient)
+            virial = -torch.mm(vectors.detach().transpose(0, 1), edge_gradient)
+            virial = 0.5 * (virial + virial.transpose(0, 1))
         return atomic_energy.detach(), forces.detach().to(torch.float64), virial.detach()
 
     # === stages for the coefficient exchange: edges are centred on local atoms 0..num_local−1 ===

@@ -115,8 +115,7 @@ def to_neighbor_blocks(
         edge_values.shape[1],
         dtype=edge_values.dtype,
         device=edge_values.device,
-    )
-    blocks = torch.index_copy(blocks, 0, slot, edge_values)
+    ).index_copy_(0, slot, edge_values)
     return blocks.view(num_atoms, max_neighbors, edge_values.shape[1])
 
 

@@ -107,6 +107,7 @@ def second_derivatives(module, edges, radial, neighbor, coefficients):
         (2, 8, torch.float64, 1e-11),
         (3, 3, torch.float64, 1e-11),
         (2, 8, torch.float32, 2e-5),
+        (1, 11, torch.float32, 2e-5),
     ],
 )
 def test_kernel_equals_torch_form_with_first_and_second_derivatives(

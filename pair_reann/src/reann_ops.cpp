@@ -53,15 +53,21 @@ template <typename T> struct Simd {
 
 // What one thread needs for one centre: powers of the vector components, monomials, weighted
 // radial functions, and their gradients. Rows over the J neighbour slots have `stride` >= J
-// entries (a whole number of SIMD vector pairs), zero beyond J.
+// entries (a whole number of SIMD vector pairs), zero beyond J. Slot-major rows over the K
+// Gaussians (`slot_weighted` [J, padded], orbitals [C, padded]) have `padded` >= K entries (a
+// whole number of SIMD vectors), zero beyond K.
 template <typename T> struct CentreScratch {
-  int64_t stride;
+  int64_t stride, padded;
   std::vector<T> powers, monomials, weighted, grad_monomials, grad_weighted, grad_orbitals;
+  std::vector<T> slot_weighted, slot_grad_weighted, padded_orbitals;
   CentreScratch(const Sizes &s) :
       stride((s.slots + 2 * Simd<T>::lanes - 1) / (2 * Simd<T>::lanes) * (2 * Simd<T>::lanes)),
+      padded((s.gaussians + Simd<T>::lanes - 1) / Simd<T>::lanes * Simd<T>::lanes),
       powers(3 * s.orders * stride), monomials(s.components * stride),
       weighted(s.gaussians * stride), grad_monomials(s.components * stride),
-      grad_weighted(s.gaussians * stride), grad_orbitals(s.components * s.gaussians)
+      grad_weighted(s.gaussians * stride), grad_orbitals(s.components * s.gaussians),
+      slot_weighted(s.slots * padded), slot_grad_weighted(s.slots * padded),
+      padded_orbitals(s.components * padded)
   {
   }
 };
@@ -87,59 +93,93 @@ void compute_monomials(const T *vectors, const int64_t *exponents, const T *weig
   }
 }
 
-// weighted[k * stride + j] = R_jk coef_(n_j)k
+// slot_weighted[j * padded + k] = R_jk coef_(n_j)k
 template <typename T>
 void weigh_radial(const T *radial, const int64_t *neighbor, const T *coefficients, const Sizes &s,
-                  int64_t stride, T *weighted)
+                  int64_t padded, T *slot_weighted)
 {
+  const int64_t K = s.gaussians;
   for (int64_t j = 0; j < s.slots; ++j) {
-    const T *c = coefficients + neighbor[j] * s.gaussians;
-    for (int64_t k = 0; k < s.gaussians; ++k)
-      weighted[k * stride + j] = radial[j * s.gaussians + k] * c[k];
+    const T *c = coefficients + neighbor[j] * K;
+    const T *r = radial + j * K;
+    T *w = slot_weighted + j * padded;
+#pragma omp simd
+    for (int64_t k = 0; k < K; ++k) w[k] = r[k] * c[k];
   }
 }
 
+// weighted[k * stride + j] = R_jk coef_(n_j)k: weigh_radial in rows over the slots
+template <typename T>
+void weigh_radial_rows(const T *radial, const int64_t *neighbor, const T *coefficients,
+                       const Sizes &s, int64_t stride, T *weighted)
+{
+  const int64_t K = s.gaussians;
+  for (int64_t k = 0; k < K; ++k) {
+    T *w = weighted + k * stride;
+#pragma omp simd
+    for (int64_t j = 0; j < s.slots; ++j)
+      w[j] = radial[j * K + k] * coefficients[neighbor[j] * K + k];
+  }
+}
+
+// padded_rows[r * padded + k] = rows[r * K + k] for `num_rows` rows of K entries
+template <typename T>
+void pad_rows(const T *rows, int64_t num_rows, const Sizes &s, int64_t padded, T *padded_rows)
+{
+  for (int64_t r = 0; r < num_rows; ++r)
+    std::copy(rows + r * s.gaussians, rows + (r + 1) * s.gaussians, padded_rows + r * padded);
+}
+
 // out[r, :] = sum_q w[r * r_stride + q * q_stride] rows[q, :] for NR rows r; rows and out have
-// `stride` columns, a multiple of two SIMD vectors
-template <typename T, int NR>
+// `stride` columns, a multiple of V SIMD vectors
+template <typename T, int NR, int V>
 void combine_row_block(const T *w, int64_t r_stride, int64_t q_stride, const T *rows,
                        int64_t num_rows, int64_t stride, T *out)
 {
   using S = Simd<T>;
-  for (int64_t j0 = 0; j0 < stride; j0 += 2 * S::lanes) {
-    typename S::vec acc[NR][2] = {};
+  for (int64_t j0 = 0; j0 < stride; j0 += V * S::lanes) {
+    typename S::vec acc[NR][V] = {};
     for (int64_t q = 0; q < num_rows; ++q) {
-      const typename S::vec x0 = S::load(rows + q * stride + j0);
-      const typename S::vec x1 = S::load(rows + q * stride + j0 + S::lanes);
+      typename S::vec x[V];
+      for (int v = 0; v < V; ++v) x[v] = S::load(rows + q * stride + j0 + v * S::lanes);
       for (int r = 0; r < NR; ++r) {
         const T weight = w[r * r_stride + q * q_stride];
-        acc[r][0] += weight * x0;
-        acc[r][1] += weight * x1;
+        for (int v = 0; v < V; ++v) acc[r][v] += weight * x[v];
       }
     }
-    for (int r = 0; r < NR; ++r) {
-      S::store(out + r * stride + j0, acc[r][0]);
-      S::store(out + r * stride + j0 + S::lanes, acc[r][1]);
-    }
+    for (int r = 0; r < NR; ++r)
+      for (int v = 0; v < V; ++v) S::store(out + r * stride + j0 + v * S::lanes, acc[r][v]);
   }
 }
 
+template <typename T, int V>
+void combine_rows_of_width(const T *w, int64_t r_stride, int64_t q_stride, const T *rows,
+                           int64_t num_rows, int64_t num_out, int64_t stride, T *out)
+{
+  int64_t r = 0;
+  for (; r + 4 <= num_out; r += 4)
+    combine_row_block<T, 4, V>(w + r * r_stride, r_stride, q_stride, rows, num_rows, stride,
+                               out + r * stride);
+  const T *w_rest = w + r * r_stride;
+  T *out_rest = out + r * stride;
+  switch (num_out - r) {
+  case 3: combine_row_block<T, 3, V>(w_rest, r_stride, q_stride, rows, num_rows, stride, out_rest); break;
+  case 2: combine_row_block<T, 2, V>(w_rest, r_stride, q_stride, rows, num_rows, stride, out_rest); break;
+  case 1: combine_row_block<T, 1, V>(w_rest, r_stride, q_stride, rows, num_rows, stride, out_rest); break;
+  default: break;
+  }
+}
+
+// out[r, :] = sum_q w[r * r_stride + q * q_stride] rows[q, :], r < num_out, q < num_rows; rows
+// and out have `stride` columns, a multiple of one SIMD vector
 template <typename T>
 void combine_rows(const T *w, int64_t r_stride, int64_t q_stride, const T *rows, int64_t num_rows,
                   int64_t num_out, int64_t stride, T *out)
 {
-  int64_t r = 0;
-  for (; r + 4 <= num_out; r += 4)
-    combine_row_block<T, 4>(w + r * r_stride, r_stride, q_stride, rows, num_rows, stride,
-                            out + r * stride);
-  const T *w_rest = w + r * r_stride;
-  T *out_rest = out + r * stride;
-  switch (num_out - r) {
-  case 3: combine_row_block<T, 3>(w_rest, r_stride, q_stride, rows, num_rows, stride, out_rest); break;
-  case 2: combine_row_block<T, 2>(w_rest, r_stride, q_stride, rows, num_rows, stride, out_rest); break;
-  case 1: combine_row_block<T, 1>(w_rest, r_stride, q_stride, rows, num_rows, stride, out_rest); break;
-  default: break;
-  }
+  if (stride % (2 * Simd<T>::lanes) == 0)
+    combine_rows_of_width<T, 2>(w, r_stride, q_stride, rows, num_rows, num_out, stride, out);
+  else
+    combine_rows_of_width<T, 1>(w, r_stride, q_stride, rows, num_rows, num_out, stride, out);
 }
 
 // out[r * num_y + q] = sum_j x[r, j] y[q, j] for NQ rows q of y; x and y have `stride` columns
@@ -301,10 +341,16 @@ void gram_forward(const T *vectors, const T *radial, const int64_t *neighbor,
     for (int64_t i = begin; i < end; ++i) {
       compute_monomials(vectors + i * 3 * J, exponents, weights, s, scratch.stride,
                         scratch.powers.data(), scratch.monomials.data());
-      weigh_radial(radial + i * J * K, neighbor + i * J, coefficients, s, scratch.stride,
-                   scratch.weighted.data());
+      weigh_radial(radial + i * J * K, neighbor + i * J, coefficients, s, scratch.padded,
+                   scratch.slot_weighted.data());
+      // b_c = sum_j A_cj W_j in rows of `padded`, kept in rows of K
+      const T *bp = scratch.padded_orbitals.data();
+      combine_rows(scratch.monomials.data(), scratch.stride, int64_t(1),
+                   scratch.slot_weighted.data(), J, C, scratch.padded,
+                   scratch.padded_orbitals.data());
       T *b = orbitals + i * C * K;
-      dot_rows(scratch.monomials.data(), C, scratch.weighted.data(), K, scratch.stride, b);
+      for (int64_t c = 0; c < C; ++c)
+        std::copy(bp + c * scratch.padded, bp + c * scratch.padded + K, b + c * K);
       T *g = gram + i * s.orders * P;
       std::fill(g, g + s.orders * P, T(0));
       for (int64_t c = 0; c < C; ++c) {
@@ -328,32 +374,36 @@ void gram_backward(const T *grad_gram, const T *vectors, const T *radial, const 
     // each thread sums the gradients of the neighbours' coefficients into its own copy
     T *grad_c = grad_coefficients_per_thread + at::get_thread_num() * s.atoms * K;
     CentreScratch<T> scratch(s);
-    const int64_t stride = scratch.stride;
-    T *gb = scratch.grad_orbitals.data();
+    const int64_t stride = scratch.stride, padded = scratch.padded;
+    T *gb = scratch.grad_orbitals.data(), *gbp = scratch.padded_orbitals.data();
     T *ga = scratch.grad_monomials.data();
-    T *gw = scratch.grad_weighted.data();
+    T *gw = scratch.slot_grad_weighted.data();
     std::vector<T> symmetric(s.orders * K * K);
     for (int64_t i = begin; i < end; ++i) {
       const int64_t *n = neighbor + i * J;
       const T *r = radial + i * J * K;
       compute_monomials(vectors + i * 3 * J, exponents, weights, s, stride, scratch.powers.data(),
                         scratch.monomials.data());
-      weigh_radial(r, n, coefficients, s, stride, scratch.weighted.data());
+      weigh_radial_rows(r, n, coefficients, s, stride, scratch.weighted.data());
       symmetric_of(grad_gram + i * s.orders * s.pairs(), s, symmetric.data());
       apply_symmetric(symmetric.data(), orbitals + i * C * K, exponents, s, gb);
-      // dA_cj = sum_k gb_ck weighted_kj;  dweighted_kj = sum_c gb_ck A_cj
+      pad_rows(gb, C, s, padded, gbp);
+      // dA_cj = sum_k gb_ck weighted_kj;  dweighted_jk = sum_c A_cj gb_ck (slot-major)
       combine_rows(gb, K, 1, scratch.weighted.data(), K, C, stride, ga);
-      combine_rows(gb, 1, K, scratch.monomials.data(), C, K, stride, gw);
+      combine_rows(scratch.monomials.data(), int64_t(1), stride, gbp, C, J, padded, gw);
       monomial_gradient(ga, exponents, weights, scratch.powers.data(), s, stride,
                         grad_vectors + i * 3 * J);
       T *gr = grad_radial + i * J * K;
       for (int64_t j = 0; j < J; ++j) {
         const T *c = coefficients + n[j] * K;
+        const T *rj = r + j * K;
+        const T *g = gw + j * padded;
         T *gc = grad_c + n[j] * K;
+        T *grj = gr + j * K;
+#pragma omp simd
         for (int64_t k = 0; k < K; ++k) {
-          const T g = gw[k * stride + j];
-          gr[j * K + k] = g * c[k];
-          gc[k] += g * r[j * K + k];
+          grj[k] = g[k] * c[k];
+          gc[k] += g[k] * rj[k];
         }
       }
     }
@@ -400,7 +450,7 @@ void gram_double_backward(const T *grad_gram, const T *vectors, const T *radial,
       const T *hv = h_vectors ? h_vectors + i * 3 * J : nullptr;
       compute_monomials(vectors + i * 3 * J, exponents, weights, s, stride, scratch.powers.data(),
                         A);
-      weigh_radial(r, n, coefficients, s, stride, W);
+      weigh_radial_rows(r, n, coefficients, s, stride, W);
       symmetric_of(grad_gram + i * s.orders * P, s, sym);
       apply_symmetric(sym, b, exponents, s, gb);
       combine_rows(gb, 1, K, A, C, K, stride, gW);

@@ -25,7 +25,7 @@
 using namespace LAMMPS_NS;
 
 // the deployed-file layout this pair style reads (reann_nequip.deploy.build.DEPLOY_FORMAT)
-static const char *const DEPLOY_FORMAT = "2";
+static const char *const DEPLOY_FORMAT = "3";
 // two atoms closer than this (Å) mean a broken structure, not physics
 static constexpr double MIN_DISTANCE = 0.1;
 static const char *const SYNTAX =

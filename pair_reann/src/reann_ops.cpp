@@ -1,6 +1,7 @@
 /* torch.ops.reann: fused CPU kernels of REANN's embedded density.
 
    reann::orbital_gram(vectors, radial, neighbor, coefficients, exponents, weights) -> gram
+   reann::species_gaussians(length, cutoff, species, centers, exponents) -> radial
 
    For every centre i, from its dense neighbour block (J slots; padding slots have zero vectors
    and zero radial functions), the weighted Cartesian monomials, the orbitals and their Gram
@@ -17,6 +18,14 @@
    inputs, and so is its own backward pass (force training differentiates forces once more);
    the forward pass keeps only its inputs and b [N, C, K]. Third derivatives are refused.
 
+   species_gaussians: the radial functions of every edge e in one pass,
+
+       R_ek = f_e exp(alpha_(s_e)k (d_e - mu_(s_e)k)^2)
+
+   (f the cutoff, d the length, s the neighbour's species), as
+   reann_nequip.nn.radial_basis.SpeciesGaussianBasis computes them with a dozen [E, K] torch
+   operations and as many more in the backward pass. First derivatives only (deployed models).
+
    Loaded by pair_reann (linked) and by Python (torch.ops.load_library). */
 
 #include <ATen/Parallel.h>
@@ -25,7 +34,13 @@
 #include <torch/script.h>
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#include <sleef.h>    // torch's vector math library, exported by libtorch_cpu
+#endif
 
 namespace {
 
@@ -667,6 +682,166 @@ Tensor orbital_gram(const Tensor &vectors, const Tensor &radial, const Tensor &n
   return OrbitalGram::apply(vectors, radial, neighbor, coefficients, exponents, weights);
 }
 
+// x[i] = exp(x[i]), i < n
+template <typename T> void exp_in_place(T *x, int64_t n)
+{
+  for (int64_t i = 0; i < n; ++i) x[i] = std::exp(x[i]);
+}
+
+#if defined(__AVX2__)
+template <> void exp_in_place<float>(float *x, int64_t n)
+{
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, Sleef_expf8_u10(_mm256_loadu_ps(x + i)));
+  for (; i < n; ++i) x[i] = std::exp(x[i]);
+}
+
+template <> void exp_in_place<double>(double *x, int64_t n)
+{
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) _mm256_storeu_pd(x + i, Sleef_expd4_u10(_mm256_loadu_pd(x + i)));
+  for (; i < n; ++i) x[i] = std::exp(x[i]);
+}
+#endif
+
+// edges per pass of the Gaussians: their [edges, K] rows stay in cache between the passes
+constexpr int64_t GAUSSIAN_EDGES = 256;
+
+// gaussians[e, k] = exp(alpha_(s_e)k (d_e - mu_(s_e)k)^2), radial = cutoff_e gaussians
+template <typename T>
+void gaussians_forward(const T *length, const T *cutoff, const int64_t *species,
+                       const T *centers, const T *exponents, int64_t edges, int64_t K,
+                       T *gaussians, T *radial)
+{
+  at::parallel_for(0, edges, GAUSSIAN_EDGES, [&](int64_t begin, int64_t end) {
+    for (int64_t first = begin; first < end; first += GAUSSIAN_EDGES) {
+      const int64_t last = std::min(end, first + GAUSSIAN_EDGES);
+      for (int64_t e = first; e < last; ++e) {
+        const T *mu = centers + species[e] * K, *alpha = exponents + species[e] * K;
+        T *g = gaussians + e * K;
+        for (int64_t k = 0; k < K; ++k) {
+          const T u = length[e] - mu[k];
+          g[k] = alpha[k] * u * u;
+        }
+      }
+      exp_in_place(gaussians + first * K, (last - first) * K);
+      for (int64_t e = first; e < last; ++e)
+        for (int64_t k = 0; k < K; ++k) radial[e * K + k] = cutoff[e] * gaussians[e * K + k];
+    }
+  });
+}
+
+// From dL/dradial: dL/dd_e, dL/df_e and, when asked for (non-null), dL/dmu and dL/dalpha
+// summed per thread into [threads, species, K]
+template <typename T>
+void gaussians_backward(const T *grad, const T *length, const T *cutoff, const int64_t *species,
+                        const T *centers, const T *exponents, const T *gaussians, int64_t edges,
+                        int64_t K, int64_t num_species, T *grad_length, T *grad_cutoff,
+                        T *grad_centers_per_thread, T *grad_exponents_per_thread)
+{
+  at::parallel_for(0, edges, GAUSSIAN_EDGES, [&](int64_t begin, int64_t end) {
+    const int64_t offset = at::get_thread_num() * num_species * K;
+    T *grad_mu = grad_centers_per_thread ? grad_centers_per_thread + offset : nullptr;
+    T *grad_alpha = grad_exponents_per_thread ? grad_exponents_per_thread + offset : nullptr;
+    for (int64_t e = begin; e < end; ++e) {
+      const int64_t row = species[e] * K;
+      const T *mu = centers + row, *alpha = exponents + row;
+      const T *g = gaussians + e * K, *gr = grad + e * K;
+      T d_length = 0, d_cutoff = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const T u = length[e] - mu[k];
+        const T weighted = gr[k] * g[k];
+        const T slope = cutoff[e] * weighted * 2 * alpha[k] * u;
+        d_cutoff += weighted;
+        d_length += slope;
+        if (grad_mu) grad_mu[row + k] -= slope;
+        if (grad_alpha) grad_alpha[row + k] += cutoff[e] * weighted * u * u;
+      }
+      grad_length[e] = d_length;
+      grad_cutoff[e] = d_cutoff;
+    }
+  });
+}
+
+class SpeciesGaussians : public torch::autograd::Function<SpeciesGaussians> {
+ public:
+  static Tensor forward(AutogradContext *ctx, Tensor length, Tensor cutoff, Tensor species,
+                        Tensor centers, Tensor exponents)
+  {
+    TORCH_CHECK(length.dim() == 1 && cutoff.sizes() == length.sizes() &&
+                    species.sizes() == length.sizes() && centers.dim() == 2 &&
+                    exponents.sizes() == centers.sizes(),
+                "reann::species_gaussians: expected length, cutoff and species [E] and centers, "
+                "exponents [species, K]; got ",
+                length.sizes(), ", ", cutoff.sizes(), ", ", species.sizes(), ", ",
+                centers.sizes(), ", ", exponents.sizes());
+    TORCH_CHECK(species.scalar_type() == torch::kInt64 &&
+                    cutoff.scalar_type() == length.scalar_type() &&
+                    centers.scalar_type() == length.scalar_type() &&
+                    exponents.scalar_type() == length.scalar_type(),
+                "reann::species_gaussians: int64 species and one floating dtype for the rest");
+    for (const Tensor *t : {&length, &cutoff, &species, &centers, &exponents})
+      TORCH_CHECK(t->device().is_cpu(), "reann::species_gaussians runs on CPU tensors only");
+    const int64_t num_species = centers.size(0);
+    if (species.numel() > 0)
+      TORCH_CHECK(species.min().item<int64_t>() >= 0 &&
+                      species.max().item<int64_t>() < num_species,
+                  "reann::species_gaussians: a species index is outside the ", num_species,
+                  " rows of centers");
+    length = length.contiguous();
+    cutoff = cutoff.contiguous();
+    species = species.contiguous();
+    centers = centers.contiguous();
+    exponents = exponents.contiguous();
+    const int64_t edges = length.size(0), K = centers.size(1);
+    Tensor gaussians = torch::empty({edges, K}, length.options());
+    Tensor radial = torch::empty({edges, K}, length.options());
+    AT_DISPATCH_FLOATING_TYPES(length.scalar_type(), "reann::species_gaussians", [&] {
+      gaussians_forward<scalar_t>(length.data_ptr<scalar_t>(), cutoff.data_ptr<scalar_t>(),
+                                  species.data_ptr<int64_t>(), centers.data_ptr<scalar_t>(),
+                                  exponents.data_ptr<scalar_t>(), edges, K,
+                                  gaussians.data_ptr<scalar_t>(), radial.data_ptr<scalar_t>());
+    });
+    ctx->save_for_backward({length, cutoff, species, centers, exponents, gaussians});
+    return radial;
+  }
+
+  static variable_list backward(AutogradContext *ctx, variable_list grad_outputs)
+  {
+    TORCH_CHECK(!torch::GradMode::is_enabled(),
+                "reann::species_gaussians has no second derivative (a backward pass with "
+                "create_graph=True); training runs the radial functions in torch");
+    const variable_list saved = ctx->get_saved_variables();
+    const Tensor &length = saved[0], &cutoff = saved[1], &species = saved[2];
+    const Tensor &centers = saved[3], &exponents = saved[4], &gaussians = saved[5];
+    const Tensor grad = grad_outputs[0].contiguous();
+    const int64_t edges = length.size(0), num_species = centers.size(0), K = centers.size(1);
+    Tensor grad_length = torch::empty_like(length), grad_cutoff = torch::empty_like(cutoff);
+    Tensor grad_centers, grad_exponents;
+    if (ctx->needs_input_grad(3))
+      grad_centers = torch::zeros({at::get_num_threads(), num_species, K}, centers.options());
+    if (ctx->needs_input_grad(4))
+      grad_exponents = torch::zeros({at::get_num_threads(), num_species, K}, centers.options());
+    AT_DISPATCH_FLOATING_TYPES(length.scalar_type(), "reann::species_gaussians backward", [&] {
+      gaussians_backward<scalar_t>(
+          grad.data_ptr<scalar_t>(), length.data_ptr<scalar_t>(), cutoff.data_ptr<scalar_t>(),
+          species.data_ptr<int64_t>(), centers.data_ptr<scalar_t>(),
+          exponents.data_ptr<scalar_t>(), gaussians.data_ptr<scalar_t>(), edges, K, num_species,
+          grad_length.data_ptr<scalar_t>(), grad_cutoff.data_ptr<scalar_t>(),
+          data_or_null<scalar_t>(grad_centers), data_or_null<scalar_t>(grad_exponents));
+    });
+    return {grad_length, grad_cutoff, Tensor(),
+            grad_centers.defined() ? grad_centers.sum(0) : Tensor(),
+            grad_exponents.defined() ? grad_exponents.sum(0) : Tensor()};
+  }
+};
+
+Tensor species_gaussians(const Tensor &length, const Tensor &cutoff, const Tensor &species,
+                         const Tensor &centers, const Tensor &exponents)
+{
+  return SpeciesGaussians::apply(length, cutoff, species, centers, exponents);
+}
+
 }    // namespace
 
 TORCH_LIBRARY(reann, m)
@@ -674,4 +849,7 @@ TORCH_LIBRARY(reann, m)
   m.def("orbital_gram(Tensor vectors, Tensor radial, Tensor neighbor, Tensor coefficients, "
         "Tensor exponents, Tensor weights) -> Tensor",
         &orbital_gram);
+  m.def("species_gaussians(Tensor length, Tensor cutoff, Tensor species, Tensor centers, "
+        "Tensor exponents) -> Tensor",
+        &species_gaussians);
 }

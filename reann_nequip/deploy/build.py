@@ -13,7 +13,7 @@ from .deployed_model import DeployedEnergyModel, DeployedTensorModel
 
 # the layout of the deployed file; pair_reann refuses files of another format
 # (2: energy models call the torch.ops.reann kernels)
-DEPLOY_FORMAT = "2"
+DEPLOY_FORMAT = "3"
 # every metadata entry is a plain-text extra file of the TorchScript archive
 METADATA_KEYS = (
     "deploy_format",
@@ -90,12 +90,13 @@ _TENSOR_KINDS = {
 }
 
 
-def _density_module(graph_model: torch.nn.Module, source: str) -> torch.nn.Module:
-    """The ``RecursiveEmbeddedDensity`` inside any reann_nequip model."""
+def _reann_stage(graph_model: torch.nn.Module, stage: str, source: str) -> torch.nn.Module:
+    """The stage ``density`` (``RecursiveEmbeddedDensity``) or ``radial_basis``
+    (``SpeciesGaussianBasis``) inside any reann_nequip model."""
     for name, module in graph_model.model.named_modules():
-        if name.split(".")[-1] == "density":
+        if name.split(".")[-1] == stage:
             return module
-    raise ValueError(f"`{source}` does not hold a reann_nequip model (no REANN density found)")
+    raise ValueError(f"`{source}` does not hold a reann_nequip model (no REANN {stage} found)")
 
 
 def _model_kind(graph_model: torch.nn.Module, source: str) -> str:
@@ -114,7 +115,7 @@ def deployed_metadata(graph_model: torch.nn.Module, units: str, source: str) -> 
     import nequip
 
     metadata = graph_model.metadata
-    density = _density_module(graph_model, source)
+    density = _reann_stage(graph_model, "density", source)
     kind = _model_kind(graph_model, source)
     num_recursions = len(density.updates)
     r_max = float(metadata["r_max"])
@@ -161,13 +162,16 @@ def save_deployed(
 ) -> Dict[str, str]:
     """Script a nequip ``GraphModel`` of a reann_nequip model into ``output_path``; returns the
     metadata. Energy models get :class:`DeployedEnergyModel` (LAMMPS and ASE), tensor models
-    :class:`DeployedTensorModel` (ASE). Energy models compute the orbitals' Gram matrices with
-    the C++ kernel (:meth:`~reann_nequip.nn.RecursiveEmbeddedDensity.use_fused_kernels`);
-    ``graph_model`` itself is left unchanged."""
+    :class:`DeployedTensorModel` (ASE). Energy models compute the orbitals' Gram matrices and
+    the radial functions with the C++ kernels
+    (:meth:`~reann_nequip.nn.RecursiveEmbeddedDensity.use_fused_kernels`,
+    :meth:`~reann_nequip.nn.SpeciesGaussianBasis.use_fused_kernel`); ``graph_model`` itself is
+    left unchanged."""
     metadata = deployed_metadata(graph_model, units, source)
     graph_model = copy.deepcopy(graph_model)
     if metadata["model_kind"] == "energy":
-        _density_module(graph_model, source).use_fused_kernels()
+        _reann_stage(graph_model, "density", source).use_fused_kernels()
+        _reann_stage(graph_model, "radial_basis", source).use_fused_kernel()
         # the per-atom energy part, inside the ForceStressOutput
         deployed = DeployedEnergyModel(graph_model.model.func)
     else:

@@ -74,10 +74,9 @@ class DeployedEnergyModel(torch.nn.Module):
         # the edge vectors r_ij = x_j − x_i + s_ij are the leaves: forces and virial both follow
         # from g_ij = ∂E/∂r_ij, F = −∂E/∂x and the virial −Σ r ⊗ g (symmetrised) = −∂E/∂ε
         vectors = (
-            torch.index_select(pos, 0, edge_index[1])
-            - torch.index_select(pos, 0, edge_index[0])
-            + shift
-        ).detach().requires_grad_(True)
+            torch.index_select(pos, 0, edge_index[1]) - torch.index_select(pos, 0, edge_index[0])
+        ) + shift
+        vectors = vectors.detach().requires_grad_(True)
         data: AtomicDataDict.Type = {
             AtomicDataDict.POSITIONS_KEY: pos,
             AtomicDataDict.ATOM_TYPE_KEY: atom_types,

@@ -8,6 +8,7 @@ from nequip.data import AtomicDataDict
 from nequip.nn import GraphModuleMixin
 
 from .graph_capture import capturing_graph
+from .kernels import load_kernels
 from .recompute import recomputed
 
 
@@ -69,6 +70,7 @@ class SpeciesGaussianBasis(GraphModuleMixin, torch.nn.Module):
             )
         self.centers = torch.nn.Parameter(centers_t)  # [num_types, K], Å
         self.exponents = torch.nn.Parameter(exponents_t)  # [num_types, K], Å⁻²
+        self.gaussians = SpeciesGaussians()
         self._model_dtype = torch.get_default_dtype()
         self._init_irreps(
             irreps_in=irreps_in,
@@ -89,6 +91,12 @@ class SpeciesGaussianBasis(GraphModuleMixin, torch.nn.Module):
             )
         return tensor
 
+    def use_fused_kernel(self) -> None:
+        """Evaluate the radial functions with the C++ kernel (:class:`FusedSpeciesGaussians`,
+        first derivatives only: deployed models); raises if its library is not built."""
+        load_kernels()
+        self.gaussians = FusedSpeciesGaussians()
+
     def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
         length = data[AtomicDataDict.EDGE_LENGTH_KEY].view(-1, 1).to(self._model_dtype)
         norm_length = data[AtomicDataDict.NORM_LENGTH_KEY].view(-1, 1).to(self._model_dtype)
@@ -99,7 +107,13 @@ class SpeciesGaussianBasis(GraphModuleMixin, torch.nn.Module):
             or capturing_graph()
             or not (self.training and torch.is_grad_enabled())
         ):
-            radial = self.radial_functions(length, norm_length, neighbor_type)
+            radial = self.gaussians(
+                length,
+                squared_cosine_cutoff(norm_length),
+                neighbor_type,
+                self.centers,
+                self.exponents,
+            )
         else:
             radial = self._recomputed_radial_functions(length, norm_length, neighbor_type)
         data[AtomicDataDict.EDGE_EMBEDDING_KEY] = radial
@@ -109,11 +123,10 @@ class SpeciesGaussianBasis(GraphModuleMixin, torch.nn.Module):
         self, length: torch.Tensor, norm_length: torch.Tensor, neighbor_type: torch.Tensor
     ) -> torch.Tensor:
         """Lengths d [num_edges, 1] in Å, d / r_c [num_edges, 1], neighbour species
-        [num_edges] → [num_edges, K]."""
-        centers = torch.index_select(self.centers, 0, neighbor_type)  # [num_edges, K]
-        exponents = torch.index_select(self.exponents, 0, neighbor_type)
-        gaussians = torch.exp(exponents * (length - centers).square())
-        return squared_cosine_cutoff(norm_length) * gaussians
+        [num_edges] → [num_edges, K], by torch operations."""
+        return species_gaussians(
+            length, squared_cosine_cutoff(norm_length), neighbor_type, self.centers, self.exponents
+        )
 
     @torch.jit.unused
     def _recomputed_radial_functions(
@@ -126,4 +139,58 @@ class SpeciesGaussianBasis(GraphModuleMixin, torch.nn.Module):
             (length, norm_length),
             (neighbor_type,),
             (self.centers, self.exponents),
+        )
+
+
+def species_gaussians(
+    length: torch.Tensor,
+    cutoff: torch.Tensor,
+    neighbor_type: torch.Tensor,
+    centers: torch.Tensor,
+    exponents: torch.Tensor,
+) -> torch.Tensor:
+    """f_c · exp(α_{Z_j,k} (d − μ_{Z_j,k})²): lengths d [num_edges, 1] in Å, cutoff values f_c
+    [num_edges, 1], neighbour species [num_edges], μ and α [num_types, K] → [num_edges, K]."""
+    gaussians = torch.exp(
+        torch.index_select(exponents, 0, neighbor_type)
+        * (length - torch.index_select(centers, 0, neighbor_type)).square()
+    )
+    return cutoff * gaussians
+
+
+class SpeciesGaussians(torch.nn.Module):
+    """:func:`species_gaussians` as a module, so that deployment can swap in the kernel."""
+
+    def forward(
+        self,
+        length: torch.Tensor,
+        cutoff: torch.Tensor,
+        neighbor_type: torch.Tensor,
+        centers: torch.Tensor,
+        exponents: torch.Tensor,
+    ) -> torch.Tensor:
+        return species_gaussians(length, cutoff, neighbor_type, centers, exponents)
+
+
+class FusedSpeciesGaussians(SpeciesGaussians):
+    """:func:`species_gaussians` by the C++ kernel ``torch.ops.reann.species_gaussians`` (CPU):
+    one pass over the edges instead of a dozen [num_edges, K] tensors, and one back. It has
+    first derivatives only (forces and virials of deployed models; force training runs the
+    torch form in training mode). Other devices get the torch form. The kernel library must be
+    loaded (:func:`reann_nequip.nn.kernels.load_kernels`) before scripting or calling it."""
+
+    def forward(
+        self,
+        length: torch.Tensor,
+        cutoff: torch.Tensor,
+        neighbor_type: torch.Tensor,
+        centers: torch.Tensor,
+        exponents: torch.Tensor,
+    ) -> torch.Tensor:
+        if length.device.type != "cpu":
+            return species_gaussians(length, cutoff, neighbor_type, centers, exponents)
+        if not torch.jit.is_scripting():
+            load_kernels()
+        return torch.ops.reann.species_gaussians(
+            length.view(-1), cutoff.view(-1), neighbor_type, centers, exponents
         )

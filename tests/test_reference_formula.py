@@ -21,6 +21,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from reann_nequip.model import ReannModel
 from reann_nequip.nn.element_networks import ElementLayerNorm
+from reann_nequip.nn.embedded_density import neighbor_slots
 from reann_nequip.nn.kernels import kernels_available
 
 from .utils import model_input, randomize_parameters
@@ -313,3 +314,20 @@ def test_force_training_gradients_agree_between_density_kernels(options):
     assert max(g.abs().max() for g in reference.values()) > 1e-3, "degenerate test"
     for name, expected in reference.items():
         torch.testing.assert_close(fused[name], expected, rtol=1e-9, atol=1e-11, msg=name)
+
+
+@pytest.mark.parametrize("sorted_edges", [True, False])
+def test_neighbor_slots_follow_input_order(sorted_edges):
+    """Each centre's edges fill its first slots in input order, whether the edges come grouped
+    by centre (pair_reann; no sort) or shuffled."""
+    generator = torch.Generator().manual_seed(7)
+    counts = torch.randint(0, 6, (9,), generator=generator)
+    center = torch.repeat_interleave(torch.arange(9), counts)
+    if not sorted_edges:
+        center = center[torch.randperm(center.shape[0], generator=generator)]
+    slot, width = neighbor_slots(center, 9)
+    assert width == int(counts.max())
+    assert torch.equal(slot // width, center)
+    for atom in range(9):
+        ranks = slot[center == atom] % width
+        assert torch.equal(ranks, torch.arange(int(counts[atom])))

@@ -96,12 +96,15 @@ def neighbor_slots(center: torch.Tensor, num_atoms: int) -> Tuple[torch.Tensor, 
     counts = torch.bincount(center, minlength=num_atoms + 1)
     neighbors_per_atom = counts[:num_atoms]  # [num_atoms]
     max_neighbors = int(counts.max())
-    by_center = torch.argsort(center, stable=True)  # [num_edges]
     first_edge = torch.cumsum(neighbors_per_atom, 0) - neighbors_per_atom  # [num_atoms]
+    edge_order = torch.arange(num_edges, device=center.device)
+    if bool((center[1:] >= center[:-1]).all()):
+        # edges already in centre order (pair_reann's, and most neighbour lists'): no sort
+        rank = edge_order - torch.index_select(first_edge, 0, center)
+        return center * max_neighbors + rank, max_neighbors
+    by_center = torch.argsort(center, stable=True)  # [num_edges]
     sorted_center = torch.index_select(center, 0, by_center)
-    rank = torch.arange(num_edges, device=center.device) - torch.index_select(
-        first_edge, 0, sorted_center
-    )
+    rank = edge_order - torch.index_select(first_edge, 0, sorted_center)
     slot = torch.empty_like(center).index_copy_(0, by_center, sorted_center * max_neighbors + rank)
     return slot, max_neighbors
 

@@ -12,7 +12,7 @@ from ..nn.kernels import load_kernels
 from .deployed_model import DeployedEnergyModel, DeployedTensorModel
 
 # the layout of the deployed file; pair_reann refuses files of another format
-# (2: energy models call the torch.ops.reann kernels)
+# (2: energy models call the torch.ops.reann density kernel; 3: and its radial-function kernel)
 DEPLOY_FORMAT = "3"
 # every metadata entry is a plain-text extra file of the TorchScript archive
 METADATA_KEYS = (
@@ -165,13 +165,13 @@ def save_deployed(
     :class:`DeployedTensorModel` (ASE). Energy models compute the orbitals' Gram matrices and
     the radial functions with the C++ kernels
     (:meth:`~reann_nequip.nn.RecursiveEmbeddedDensity.use_fused_kernels`,
-    :meth:`~reann_nequip.nn.SpeciesGaussianBasis.use_fused_kernel`); ``graph_model`` itself is
+    :meth:`~reann_nequip.nn.SpeciesGaussianBasis.use_fused_kernels`); ``graph_model`` itself is
     left unchanged."""
     metadata = deployed_metadata(graph_model, units, source)
     graph_model = copy.deepcopy(graph_model)
     if metadata["model_kind"] == "energy":
         _reann_stage(graph_model, "density", source).use_fused_kernels()
-        _reann_stage(graph_model, "radial_basis", source).use_fused_kernel()
+        _reann_stage(graph_model, "radial_basis", source).use_fused_kernels()
         # the per-atom energy part, inside the ForceStressOutput
         deployed = DeployedEnergyModel(graph_model.model.func)
     else:

@@ -91,9 +91,9 @@ class SpeciesGaussianBasis(GraphModuleMixin, torch.nn.Module):
             )
         return tensor
 
-    def use_fused_kernel(self) -> None:
-        """Evaluate the radial functions with the C++ kernel (:class:`FusedSpeciesGaussians`,
-        first derivatives only: deployed models); raises if its library is not built."""
+    def use_fused_kernels(self) -> None:
+        """Evaluate the radial functions with the C++ kernels (:class:`FusedSpeciesGaussians`,
+        first derivatives only: deployed models); raises if their library is not built."""
         load_kernels()
         self.gaussians = FusedSpeciesGaussians()
 

@@ -17,6 +17,7 @@ from reann_nequip.deploy.kernels import load_deployed_file
 from reann_nequip.integrations.ase import ReannCalculator
 from reann_nequip.model import ReannModel
 from reann_nequip.nn import OrbitalGram
+from reann_nequip.nn.radial_basis import SpeciesGaussians
 
 from .utils import REPO_ROOT, model_input, randomize_parameters
 
@@ -70,10 +71,12 @@ def test_deployed_file_equals_model_energies_forces_virial(tmp_path, model_dtype
     metadata = save_deployed(model, path)
     assert metadata["num_recursions"] == "2" and metadata["interaction_range"] == repr(3 * R_MAX)
     deployed = load_deployed_file(path)
-    # the deployed file runs the C++ kernel, also for a model trained with torch operations,
-    # which is left as it is
-    assert "ops.reann.orbital_gram" in deployed.energy_model.density.orbital_gram.code
+    # the deployed file runs the C++ kernels, also for a model trained with torch operations,
+    # which is left as it is; frozen, its graph holds them inline
+    graph = str(deployed.inlined_graph)
+    assert "reann::orbital_gram" in graph and "reann::species_gaussians" in graph
     assert type(model.model.func.density.orbital_gram) is OrbitalGram
+    assert type(model.model.func.radial_basis.gaussians) is SpeciesGaussians
     data = model_input(triclinic_frame(), TYPE_NAMES, R_MAX)
     reference = model(dict(data))
     atomic_energy, forces, virial = deployed(*deployed_inputs(data), 6)

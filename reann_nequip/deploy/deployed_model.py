@@ -22,6 +22,14 @@ from typing import List, Optional, Tuple
 import torch
 from nequip.data import AtomicDataDict
 
+# the methods of DeployedEnergyModel that pair_style reann's coefficient exchange calls
+EXCHANGE_METHODS = (
+    "exchange_geometry",
+    "exchange_initial_coefficients",
+    "exchange_step",
+    "exchange_energy",
+)
+
 
 def image_graph(
     pos: torch.Tensor,
@@ -72,11 +80,15 @@ class DeployedEnergyModel(torch.nn.Module):
         [3, 3] (eV) = −∂E_local/∂ε under a symmetric strain ε, all float64.
         """
         # the edge vectors r_ij = x_j − x_i + s_ij are the leaves: forces and virial both follow
-        # from g_ij = ∂E/∂r_ij, F = −∂E/∂x and the virial −Σ r ⊗ g (symmetrised) = −∂E/∂ε
-        vectors = (
-            torch.index_select(pos, 0, edge_index[1]) - torch.index_select(pos, 0, edge_index[0])
-        ) + shift
-        vectors = vectors.detach().requires_grad_(True)
+        # from g_ij = ∂E/∂r_ij, F = −∂E/∂x and the virial −Σ r ⊗ g (symmetrised) = −∂E/∂ε.
+        # No-grad blocks rather than detach(): the deployed file is frozen, and freezing drops
+        # detach()
+        with torch.no_grad():
+            vectors = torch.index_select(pos, 0, edge_index[1]) - torch.index_select(
+                pos, 0, edge_index[0]
+            )
+            vectors = vectors + shift
+        vectors.requires_grad_(True)
         data: AtomicDataDict.Type = {
             AtomicDataDict.POSITIONS_KEY: pos,
             AtomicDataDict.ATOM_TYPE_KEY: atom_types,
@@ -90,15 +102,17 @@ class DeployedEnergyModel(torch.nn.Module):
             [local_energy], [vectors], allow_unused=True
         )
         edge_gradient = gradients[0]
-        forces = torch.zeros_like(pos)
-        virial = torch.zeros((3, 3), dtype=pos.dtype, device=pos.device)
-        # no edge reaches the energy when no atom has a neighbour
-        if edge_gradient is not None:
-            forces.index_add_(0, edge_index[0], edge_gradient)
-            forces.index_add_(0, edge_index[1], -edge_gradient)
-            virial = -torch.mm(vectors.detach().transpose(0, 1), edge_gradient)
-            virial = 0.5 * (virial + virial.transpose(0, 1))
-        return atomic_energy.detach(), forces.detach().to(torch.float64), virial.detach()
+        with torch.no_grad():
+            energies = atomic_energy.clone()
+            forces = torch.zeros_like(pos)
+            virial = torch.zeros((3, 3), dtype=pos.dtype, device=pos.device)
+            # no edge reaches the energy when no atom has a neighbour
+            if edge_gradient is not None:
+                forces.index_add_(0, edge_index[0], edge_gradient)
+                forces.index_add_(0, edge_index[1], -edge_gradient)
+                virial = -torch.mm(vectors.transpose(0, 1), edge_gradient)
+                virial = 0.5 * (virial + virial.transpose(0, 1))
+        return energies, forces, virial
 
     # === stages for the coefficient exchange: edges are centred on local atoms 0..num_local−1 ===
 

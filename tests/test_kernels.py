@@ -140,7 +140,7 @@ def test_kernel_equals_torch_form_with_first_and_second_derivatives(
         torch.testing.assert_close(actual, expected, rtol=0, atol=rtol * max(scale, 1.0), msg=name)
 
 
-@pytest.mark.parametrize("l_max, num_gaussians", [(0, 1), (2, 3), (4, 2)])
+@pytest.mark.parametrize("l_max, num_gaussians", [(0, 1), (2, 3), (4, 2), (2, 8)])
 def test_kernel_gradcheck_and_gradgradcheck(l_max, num_gaussians):
     vectors, radial, neighbor, coefficients = neighbor_blocks(
         5, 4, num_gaussians, 7, torch.float64, seed=l_max

@@ -53,6 +53,23 @@ struct Sizes {
   int64_t pairs() const { return gaussians * (gaussians + 1) / 2; }
 };
 
+// Sizes for the per-centre kernels, with the number of Gaussians K a compile-time constant when
+// FixedK > 0: REANN's default K = 8 gets its own instantiation, in which the loops over K
+// unroll and keep their rows in registers (with_kernel_sizes)
+template <int FixedK> struct KernelSizes : Sizes {
+  int64_t K() const { return FixedK > 0 ? FixedK : gaussians; }
+  int64_t pairs() const { return K() * (K() + 1) / 2; }
+};
+
+// f(KernelSizes<8>) when s has 8 Gaussians, f(KernelSizes<0>) otherwise
+template <typename F> void with_kernel_sizes(const Sizes &s, F &&f)
+{
+  if (s.gaussians == 8)
+    f(KernelSizes<8>{s});
+  else
+    f(KernelSizes<0>{s});
+}
+
 // SIMD vectors of 32 bytes (GCC/Clang vector extensions; one AVX register, or two SSE ones)
 template <typename T> struct Simd {
   typedef T vec __attribute__((vector_size(32)));
@@ -109,11 +126,11 @@ void compute_monomials(const T *vectors, const int64_t *exponents, const T *weig
 }
 
 // slot_weighted[j * padded + k] = R_jk coef_(n_j)k
-template <typename T>
-void weigh_radial(const T *radial, const int64_t *neighbor, const T *coefficients, const Sizes &s,
-                  int64_t padded, T *slot_weighted)
+template <typename T, int FixedK>
+void weigh_radial(const T *radial, const int64_t *neighbor, const T *coefficients,
+                  const KernelSizes<FixedK> &s, int64_t padded, T *slot_weighted)
 {
-  const int64_t K = s.gaussians;
+  const int64_t K = s.K();
   for (int64_t j = 0; j < s.slots; ++j) {
     const T *c = coefficients + neighbor[j] * K;
     const T *r = radial + j * K;
@@ -123,26 +140,26 @@ void weigh_radial(const T *radial, const int64_t *neighbor, const T *coefficient
   }
 }
 
-// weighted[k * stride + j] = R_jk coef_(n_j)k: weigh_radial in rows over the slots
-template <typename T>
+// weighted[k * stride + j] = R_jk coef_(n_j)k: weigh_radial (vectorised over k, reading the
+// radial block in order) into `slot_weighted`, then transposed to rows over the slots
+template <typename T, int FixedK>
 void weigh_radial_rows(const T *radial, const int64_t *neighbor, const T *coefficients,
-                       const Sizes &s, int64_t stride, T *weighted)
+                       const KernelSizes<FixedK> &s, int64_t padded, T *slot_weighted,
+                       int64_t stride, T *weighted)
 {
-  const int64_t K = s.gaussians;
-  for (int64_t k = 0; k < K; ++k) {
-    T *w = weighted + k * stride;
-#pragma omp simd
-    for (int64_t j = 0; j < s.slots; ++j)
-      w[j] = radial[j * K + k] * coefficients[neighbor[j] * K + k];
-  }
+  weigh_radial(radial, neighbor, coefficients, s, padded, slot_weighted);
+  for (int64_t j = 0; j < s.slots; ++j)
+    for (int64_t k = 0; k < s.K(); ++k)
+      weighted[k * stride + j] = slot_weighted[j * padded + k];
 }
 
 // padded_rows[r * padded + k] = rows[r * K + k] for `num_rows` rows of K entries
-template <typename T>
-void pad_rows(const T *rows, int64_t num_rows, const Sizes &s, int64_t padded, T *padded_rows)
+template <typename T, int FixedK>
+void pad_rows(const T *rows, int64_t num_rows, const KernelSizes<FixedK> &s, int64_t padded,
+              T *padded_rows)
 {
   for (int64_t r = 0; r < num_rows; ++r)
-    std::copy(rows + r * s.gaussians, rows + (r + 1) * s.gaussians, padded_rows + r * padded);
+    std::copy(rows + r * s.K(), rows + (r + 1) * s.K(), padded_rows + r * padded);
 }
 
 // out[r, :] = sum_q w[r * r_stride + q * q_stride] rows[q, :] for NR rows r; rows and out have
@@ -234,9 +251,10 @@ int64_t order_of(const int64_t *exponents, int64_t c)
 
 // The [K, K] symmetric matrix of each order that maps b to dG/db: with S_kk = 2 dG_kk and
 // S_kk' = S_k'k = dG_kk', d(sum_p dG_p G_p)/db_c = S_L(c) b_c
-template <typename T> void symmetric_of(const T *grad_gram, const Sizes &s, T *sym)
+template <typename T, int FixedK>
+void symmetric_of(const T *grad_gram, const KernelSizes<FixedK> &s, T *sym)
 {
-  const int64_t K = s.gaussians;
+  const int64_t K = s.K();
   for (int64_t order = 0; order < s.orders; ++order) {
     const T *gg = grad_gram + order * s.pairs();
     T *sy = sym + order * K * K;
@@ -248,10 +266,11 @@ template <typename T> void symmetric_of(const T *grad_gram, const Sizes &s, T *s
 }
 
 // out_c = S_L(c) x_c for every component c; x and out are [C, K]
-template <typename T>
-void apply_symmetric(const T *sym, const T *x, const int64_t *exponents, const Sizes &s, T *out)
+template <typename T, int FixedK>
+void apply_symmetric(const T *sym, const T *x, const int64_t *exponents,
+                     const KernelSizes<FixedK> &s, T *out)
 {
-  const int64_t K = s.gaussians;
+  const int64_t K = s.K();
   for (int64_t c = 0; c < s.components; ++c) {
     const T *sy = sym + order_of(exponents, c) * K * K;
     const T *xc = x + c * K;
@@ -345,12 +364,12 @@ void add_monomial_hessian(const T *ga, const T *hv, const int64_t *exponents, co
   }
 }
 
-template <typename T>
+template <typename T, int FixedK>
 void gram_forward(const T *vectors, const T *radial, const int64_t *neighbor,
                   const T *coefficients, const int64_t *exponents, const T *weights,
-                  const Sizes &s, T *gram, T *orbitals)
+                  const KernelSizes<FixedK> &s, T *gram, T *orbitals)
 {
-  const int64_t J = s.slots, K = s.gaussians, C = s.components, P = s.pairs();
+  const int64_t J = s.slots, K = s.K(), C = s.components, P = s.pairs();
   at::parallel_for(0, s.centers, 16, [&](int64_t begin, int64_t end) {
     CentreScratch<T> scratch(s);
     for (int64_t i = begin; i < end; ++i) {
@@ -359,10 +378,9 @@ void gram_forward(const T *vectors, const T *radial, const int64_t *neighbor,
       weigh_radial(radial + i * J * K, neighbor + i * J, coefficients, s, scratch.padded,
                    scratch.slot_weighted.data());
       // b_c = sum_j A_cj W_j in rows of `padded`, kept in rows of K
-      const T *bp = scratch.padded_orbitals.data();
+      T *bp = scratch.padded_orbitals.data();
       combine_rows(scratch.monomials.data(), scratch.stride, int64_t(1),
-                   scratch.slot_weighted.data(), J, C, scratch.padded,
-                   scratch.padded_orbitals.data());
+                   scratch.slot_weighted.data(), J, C, scratch.padded, bp);
       T *b = orbitals + i * C * K;
       for (int64_t c = 0; c < C; ++c)
         std::copy(bp + c * scratch.padded, bp + c * scratch.padded + K, b + c * K);
@@ -378,13 +396,13 @@ void gram_forward(const T *vectors, const T *radial, const int64_t *neighbor,
   });
 }
 
-template <typename T>
+template <typename T, int FixedK>
 void gram_backward(const T *grad_gram, const T *vectors, const T *radial, const int64_t *neighbor,
                    const T *coefficients, const int64_t *exponents, const T *weights,
-                   const T *orbitals, const Sizes &s, T *grad_vectors, T *grad_radial,
+                   const T *orbitals, const KernelSizes<FixedK> &s, T *grad_vectors, T *grad_radial,
                    T *grad_coefficients_per_thread)
 {
-  const int64_t J = s.slots, K = s.gaussians, C = s.components;
+  const int64_t J = s.slots, K = s.K(), C = s.components;
   at::parallel_for(0, s.centers, 16, [&](int64_t begin, int64_t end) {
     // each thread sums the gradients of the neighbours' coefficients into its own copy
     T *grad_c = grad_coefficients_per_thread + at::get_thread_num() * s.atoms * K;
@@ -399,7 +417,8 @@ void gram_backward(const T *grad_gram, const T *vectors, const T *radial, const 
       const T *r = radial + i * J * K;
       compute_monomials(vectors + i * 3 * J, exponents, weights, s, stride, scratch.powers.data(),
                         scratch.monomials.data());
-      weigh_radial_rows(r, n, coefficients, s, stride, scratch.weighted.data());
+      weigh_radial_rows(r, n, coefficients, s, padded, scratch.slot_weighted.data(), stride,
+                        scratch.weighted.data());
       symmetric_of(grad_gram + i * s.orders * s.pairs(), s, symmetric.data());
       apply_symmetric(symmetric.data(), orbitals + i * C * K, exponents, s, gb);
       pad_rows(gb, C, s, padded, gbp);
@@ -434,15 +453,15 @@ void gram_backward(const T *grad_gram, const T *vectors, const T *radial, const 
 //   dv = (dA/dv)^T dA + gA · d2A/dv2 · h_v
 //   dR_jk = dW_jk coef_(n_j)k + h_c_(n_j)k gW_jk;   dcoef_(n_j)k += dW_jk R_jk + h_R_jk gW_jk
 // h_v, h_R, h_c may be null (no gradient arrived).
-template <typename T>
+template <typename T, int FixedK>
 void gram_double_backward(const T *grad_gram, const T *vectors, const T *radial,
                           const int64_t *neighbor, const T *coefficients,
                           const int64_t *exponents, const T *weights, const T *orbitals,
                           const T *h_vectors, const T *h_radial, const T *h_coefficients,
-                          const Sizes &s, T *d_grad_gram, T *d_vectors, T *d_radial,
+                          const KernelSizes<FixedK> &s, T *d_grad_gram, T *d_vectors, T *d_radial,
                           T *d_coefficients_per_thread)
 {
-  const int64_t J = s.slots, K = s.gaussians, C = s.components, P = s.pairs();
+  const int64_t J = s.slots, K = s.K(), C = s.components, P = s.pairs();
   at::parallel_for(0, s.centers, 16, [&](int64_t begin, int64_t end) {
     T *d_coef = d_coefficients_per_thread + at::get_thread_num() * s.atoms * K;
     CentreScratch<T> scratch(s);
@@ -465,7 +484,8 @@ void gram_double_backward(const T *grad_gram, const T *vectors, const T *radial,
       const T *hv = h_vectors ? h_vectors + i * 3 * J : nullptr;
       compute_monomials(vectors + i * 3 * J, exponents, weights, s, stride, scratch.powers.data(),
                         A);
-      weigh_radial_rows(r, n, coefficients, s, stride, W);
+      weigh_radial_rows(r, n, coefficients, s, scratch.padded, scratch.slot_weighted.data(),
+                        stride, W);
       symmetric_of(grad_gram + i * s.orders * P, s, sym);
       apply_symmetric(sym, b, exponents, s, gb);
       combine_rows(gb, 1, K, A, C, K, stride, gW);
@@ -593,13 +613,15 @@ class OrbitalGramBackward : public torch::autograd::Function<OrbitalGramBackward
     Tensor grad_coefficients =
         torch::zeros({at::get_num_threads(), s.atoms, s.gaussians}, coefficients.options());
     AT_DISPATCH_FLOATING_TYPES(vectors.scalar_type(), "reann::orbital_gram backward", [&] {
-      gram_backward<scalar_t>(
-          grad_gram.data_ptr<scalar_t>(), vectors.data_ptr<scalar_t>(),
-          radial.data_ptr<scalar_t>(), neighbor.data_ptr<int64_t>(),
-          coefficients.data_ptr<scalar_t>(), exponents.data_ptr<int64_t>(),
-          weights.data_ptr<scalar_t>(), orbitals.data_ptr<scalar_t>(), s,
-          grad_vectors.data_ptr<scalar_t>(), grad_radial.data_ptr<scalar_t>(),
-          grad_coefficients.data_ptr<scalar_t>());
+      with_kernel_sizes(s, [&](const auto &ks) {
+        gram_backward<scalar_t>(
+            grad_gram.data_ptr<scalar_t>(), vectors.data_ptr<scalar_t>(),
+            radial.data_ptr<scalar_t>(), neighbor.data_ptr<int64_t>(),
+            coefficients.data_ptr<scalar_t>(), exponents.data_ptr<int64_t>(),
+            weights.data_ptr<scalar_t>(), orbitals.data_ptr<scalar_t>(), ks,
+            grad_vectors.data_ptr<scalar_t>(), grad_radial.data_ptr<scalar_t>(),
+            grad_coefficients.data_ptr<scalar_t>());
+      });
     });
     ctx->save_for_backward(
         {grad_gram, vectors, radial, neighbor, coefficients, exponents, weights, orbitals});
@@ -626,15 +648,17 @@ class OrbitalGramBackward : public torch::autograd::Function<OrbitalGramBackward
     Tensor d_coefficients =
         torch::zeros({at::get_num_threads(), s.atoms, s.gaussians}, coefficients.options());
     AT_DISPATCH_FLOATING_TYPES(vectors.scalar_type(), "reann::orbital_gram double backward", [&] {
-      gram_double_backward<scalar_t>(
-          grad_gram.data_ptr<scalar_t>(), vectors.data_ptr<scalar_t>(),
-          radial.data_ptr<scalar_t>(), neighbor.data_ptr<int64_t>(),
-          coefficients.data_ptr<scalar_t>(), exponents.data_ptr<int64_t>(),
-          weights.data_ptr<scalar_t>(), orbitals.data_ptr<scalar_t>(),
-          data_or_null<scalar_t>(h[0]), data_or_null<scalar_t>(h[1]),
-          data_or_null<scalar_t>(h[2]), s, d_grad_gram.data_ptr<scalar_t>(),
-          d_vectors.data_ptr<scalar_t>(), d_radial.data_ptr<scalar_t>(),
-          d_coefficients.data_ptr<scalar_t>());
+      with_kernel_sizes(s, [&](const auto &ks) {
+        gram_double_backward<scalar_t>(
+            grad_gram.data_ptr<scalar_t>(), vectors.data_ptr<scalar_t>(),
+            radial.data_ptr<scalar_t>(), neighbor.data_ptr<int64_t>(),
+            coefficients.data_ptr<scalar_t>(), exponents.data_ptr<int64_t>(),
+            weights.data_ptr<scalar_t>(), orbitals.data_ptr<scalar_t>(),
+            data_or_null<scalar_t>(h[0]), data_or_null<scalar_t>(h[1]),
+            data_or_null<scalar_t>(h[2]), ks, d_grad_gram.data_ptr<scalar_t>(),
+            d_vectors.data_ptr<scalar_t>(), d_radial.data_ptr<scalar_t>(),
+            d_coefficients.data_ptr<scalar_t>());
+      });
     });
     return {d_grad_gram, d_vectors, d_radial, Tensor(), d_coefficients.sum(0),
             Tensor(),    Tensor(),  Tensor(),  Tensor()};
@@ -656,10 +680,12 @@ class OrbitalGram : public torch::autograd::Function<OrbitalGram> {
     Tensor gram = torch::empty({s.centers, s.orders * s.pairs()}, vectors.options());
     Tensor orbitals = torch::empty({s.centers, s.components, s.gaussians}, vectors.options());
     AT_DISPATCH_FLOATING_TYPES(vectors.scalar_type(), "reann::orbital_gram", [&] {
-      gram_forward<scalar_t>(vectors.data_ptr<scalar_t>(), radial.data_ptr<scalar_t>(),
-                             neighbor.data_ptr<int64_t>(), coefficients.data_ptr<scalar_t>(),
-                             exponents.data_ptr<int64_t>(), weights.data_ptr<scalar_t>(), s,
-                             gram.data_ptr<scalar_t>(), orbitals.data_ptr<scalar_t>());
+      with_kernel_sizes(s, [&](const auto &ks) {
+        gram_forward<scalar_t>(vectors.data_ptr<scalar_t>(), radial.data_ptr<scalar_t>(),
+                               neighbor.data_ptr<int64_t>(), coefficients.data_ptr<scalar_t>(),
+                               exponents.data_ptr<int64_t>(), weights.data_ptr<scalar_t>(), ks,
+                               gram.data_ptr<scalar_t>(), orbitals.data_ptr<scalar_t>());
+      });
     });
     ctx->save_for_backward({vectors, radial, neighbor, coefficients, exponents, weights, orbitals});
     ctx->saved_data["orders"] = s.orders;

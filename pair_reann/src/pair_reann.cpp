@@ -15,6 +15,7 @@
 
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/jit/runtime/graph_executor.h>
 
 #include <algorithm>
 #include <cstring>
@@ -364,6 +365,10 @@ void PairREANN::compute(int eflag, int vflag)
   const torch::Tensor edges = torch::from_blob(edge_index.data(), {2, num_edges}, int64);
 
   torch::Tensor atomic_energy, forces, model_virial;
+  // the model's ops run as plain autograd ops: with the TorchScript executor's optimisation on,
+  // its differentiable subgraphs backpropagate through many small generated ops (~10 % slower)
+  // and its first calls profile the graph
+  const torch::jit::GraphOptimizerEnabledGuard plain_autograd(false);
   try {
     if (mode == GhostMode::EXCHANGE) {
       std::tie(atomic_energy, forces) = compute_exchange({pos, types, edges});

@@ -31,6 +31,13 @@ class _DeployedFile:
         self.type_names = self.metadata["type_names"].split()
         self.neighbor_list = NeighborList(cutoff=float(self.metadata["r_max"]), full_list=True)
 
+    def __call__(self, *inputs):
+        """The deployed model's outputs. Run as plain autograd ops (the TorchScript executor's
+        optimisation off, as in pair_reann): its differentiable subgraphs backpropagate through
+        many small generated ops and take ~10 % longer, and its first calls profile the graph."""
+        with torch.jit.optimized_execution(False):
+            return self.module(*inputs)
+
     def inputs(self, atoms: Atoms):
         """Positions, types, edges and Cartesian image shifts of ``atoms`` for this model."""
         index = {name: i for i, name in enumerate(self.type_names)}
@@ -142,7 +149,7 @@ class ReannCalculator(Calculator):
             raise ValueError(f"{sorted(properties)} need an energy model (`model_path`)")
         if wants_energy:
             inputs = self.models["energy"].inputs(atoms)
-            atomic_energy, forces, virial = self.models["energy"].module(*inputs, len(atoms))
+            atomic_energy, forces, virial = self.models["energy"](*inputs, len(atoms))
             energies = atomic_energy.numpy()
             self.results.update(
                 energy=float(energies.sum()),
@@ -159,4 +166,4 @@ class ReannCalculator(Calculator):
                 if name not in self.models:
                     raise ValueError(f"`{name}` needs a {name} model (`{name}_model`)")
                 model = self.models[name]
-                self.results[name] = model.module(*model.inputs(atoms)).numpy().copy()
+                self.results[name] = model(*model.inputs(atoms)).numpy().copy()

@@ -144,7 +144,7 @@ velocity all create 300 12345 dist gaussian
 timestep 0.0005
 fix nve all nve
 thermo {steps}
-# warm-up: TorchScript profiles and optimises the model during its first calls
+# warm-up: the first calls load the kernels and fill pair_reann's block cache
 run 3
 run {steps}
 """

@@ -461,7 +461,8 @@ def run_deployed_worker(args: argparse.Namespace) -> Dict[str, Any]:
     if args.worker == "reann":
         from reann_nequip.integrations.ase import ReannCalculator
 
-        calculator = ReannCalculator(args.deployed_file)
+        # with pair_style reann's default allocator, the block cache (as in MD)
+        calculator = ReannCalculator(args.deployed_file, memory="keep")
     elif args.worker == "nequip":
         from nequip.integrations.ase import NequIPCalculator
 

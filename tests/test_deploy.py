@@ -187,6 +187,46 @@ def test_ase_calculator_rejects_bad_input(tmp_path):
         calc.get_potential_energy(atoms)
 
 
+CALCULATOR_MEMORY_SCRIPT = """
+import sys
+import numpy as np
+import torch
+from ase.io import read
+from reann_nequip.integrations.ase import ReannCalculator
+
+frame = read(sys.argv[2])
+results = {}
+for memory in ("release", "keep"):  # `keep` installs the block cache for the rest of the process
+    calc = ReannCalculator(sys.argv[1], memory=memory)
+    results[memory] = []
+    for seed in range(3):
+        atoms = frame.copy()
+        atoms.rattle(0.02, seed=seed)
+        atoms.calc = calc
+        results[memory].append((atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()))
+assert torch.ops.reann.block_cache_bytes() > 0, "the cache kept no block"
+for (e0, f0, s0), (e1, f1, s1) in zip(results["release"], results["keep"]):
+    assert e0 == e1 and np.array_equal(f0, f1) and np.array_equal(s0, s1), (e0, e1)
+"""
+
+
+def test_ase_calculator_block_cache_gives_the_same_results(tmp_path):
+    """memory="keep" changes torch's allocator process-wide and for good: its own process."""
+    path = str(tmp_path / "model.pth")
+    save_deployed(water_model(), path)
+    # 3,072 atoms: some of the model's tensors are blocks of 1 MiB and more, which the cache keeps
+    triclinic_frame().repeat((8, 8, 8)).write(tmp_path / "frame.extxyz")
+    result = subprocess.run(
+        [sys.executable, "-c", CALCULATOR_MEMORY_SCRIPT, path, str(tmp_path / "frame.extxyz")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with pytest.raises(ValueError, match="memory must be"):
+        ReannCalculator(path, memory="lots")
+
+
 def test_metadata_errors_name_the_file(tmp_path):
     with pytest.raises(ValueError, match="not a TorchScript file"):
         read_metadata(str(tmp_path / "missing.pth"))

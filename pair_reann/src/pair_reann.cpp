@@ -24,6 +24,7 @@
 #include <sstream>
 
 using namespace LAMMPS_NS;
+using reann::TensorBlockCache;
 
 // the deployed-file layout this pair style reads (reann_nequip.deploy.build.DEPLOY_FORMAT)
 static const char *const DEPLOY_FORMAT = "3";

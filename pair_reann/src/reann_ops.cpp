@@ -26,12 +26,17 @@
    reann_nequip.nn.radial_basis.SpeciesGaussianBasis computes them with a dozen [E, K] torch
    operations and as many more in the backward pass. First derivatives only (deployed models).
 
+   reann::block_cache_install(), block_cache_next_step(), block_cache_bytes(): Python's handle on
+   the allocator of tensor_block_cache.h (pair_reann's `memory keep`).
+
    Loaded by pair_reann (linked) and by Python (torch.ops.load_library). */
 
 #include <ATen/Parallel.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 #include <torch/script.h>
+
+#include "tensor_block_cache.h"
 
 #include <algorithm>
 #include <cmath>
@@ -868,6 +873,27 @@ Tensor species_gaussians(const Tensor &length, const Tensor &cutoff, const Tenso
   return SpeciesGaussians::apply(length, cutoff, species, centers, exponents);
 }
 
+// Python's handle on the block cache (tensor_block_cache.h), as pair_reann's `memory keep` uses it
+void block_cache_install()
+{
+  reann::TensorBlockCache::install();
+}
+
+void block_cache_next_step()
+{
+  TORCH_CHECK(reann::TensorBlockCache::installed(),
+              "reann::block_cache_next_step: the block cache is not installed "
+              "(reann::block_cache_install)");
+  reann::TensorBlockCache::install().next_step();
+}
+
+int64_t block_cache_bytes()
+{
+  return reann::TensorBlockCache::installed()
+             ? static_cast<int64_t>(reann::TensorBlockCache::install().cached_bytes())
+             : 0;
+}
+
 }    // namespace
 
 TORCH_LIBRARY(reann, m)
@@ -878,4 +904,7 @@ TORCH_LIBRARY(reann, m)
   m.def("species_gaussians(Tensor length, Tensor cutoff, Tensor species, Tensor centers, "
         "Tensor exponents) -> Tensor",
         &species_gaussians);
+  m.def("block_cache_install() -> ()", &block_cache_install);
+  m.def("block_cache_next_step() -> ()", &block_cache_next_step);
+  m.def("block_cache_bytes() -> int", &block_cache_bytes);
 }

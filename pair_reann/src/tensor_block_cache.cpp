@@ -6,7 +6,7 @@
 #include <cstdlib>
 #include <new>
 
-using namespace LAMMPS_NS;
+using reann::TensorBlockCache;
 
 namespace {
 

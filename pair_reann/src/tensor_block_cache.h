@@ -7,10 +7,13 @@
    2-3x the live size. This allocator keeps freed blocks of 1 MiB and more in free lists by size
    class (sizes rounded up by at most 1/8) and hands them out again; blocks left unused for a whole
    step go back to the system at the end of the step. Smaller requests go to torch's default
-   allocator. */
+   allocator.
 
-#ifndef LMP_REANN_TENSOR_BLOCK_CACHE_H
-#define LMP_REANN_TENSOR_BLOCK_CACHE_H
+   Part of the kernel library (libreann_ops.so): pair_reann installs it (`memory keep`), and so
+   does Python through torch.ops.reann.block_cache_install (ReannCalculator(memory="keep")). */
+
+#ifndef REANN_TENSOR_BLOCK_CACHE_H
+#define REANN_TENSOR_BLOCK_CACHE_H
 
 #include <c10/core/Allocator.h>
 
@@ -21,7 +24,7 @@
 #include <unordered_map>
 #include <vector>
 
-namespace LAMMPS_NS {
+namespace reann {
 
 class TensorBlockCache : public c10::Allocator {
  public:
@@ -57,6 +60,6 @@ class TensorBlockCache : public c10::Allocator {
   static bool is_installed;
 };
 
-}    // namespace LAMMPS_NS
+}    // namespace reann
 
 #endif

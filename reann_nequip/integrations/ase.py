@@ -81,6 +81,11 @@ class ReannCalculator(Calculator):
         dipole_model: dipole or transition-dipole model file
         polarizability_model: polarizability model file
         num_threads: torch intra-op threads (default: leave torch's setting)
+        memory: ``release`` (default: torch's allocator) or ``keep``: torch's CPU allocator
+            becomes, for the whole process and for good, the block cache of ``pair_style reann
+            ... memory keep``, which keeps freed blocks of 1 MiB and more for the next calculation
+            and returns those a calculation did not use (no page faults on the model's large
+            tensors; ≈ 7 % faster per MD step at 1,536 atoms)
     """
 
     implemented_properties = [
@@ -100,11 +105,15 @@ class ReannCalculator(Calculator):
         dipole_model: Optional[str] = None,
         polarizability_model: Optional[str] = None,
         num_threads: Optional[int] = None,
+        memory: str = "release",
         **kwargs,
     ):
         super().__init__(**kwargs)
         if model_path is None and dipole_model is None and polarizability_model is None:
             raise ValueError("ReannCalculator needs at least one deployed model file")
+        if memory not in ("release", "keep"):
+            raise ValueError(f"memory must be `release` or `keep`, found {memory!r}")
+        self.keep_memory = memory == "keep"
         self.models: Dict[str, _DeployedFile] = {}
         if model_path is not None:
             self.models["energy"] = _DeployedFile(model_path, ("energy",), "energy model")
@@ -118,6 +127,8 @@ class ReannCalculator(Calculator):
             )
         if num_threads is not None:
             torch.set_num_threads(num_threads)
+        if self.keep_memory:
+            torch.ops.reann.block_cache_install()
 
     @staticmethod
     def _check_geometry(atoms: Atoms) -> None:
@@ -143,6 +154,9 @@ class ReannCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
         self._check_geometry(atoms)
+        if self.keep_memory:
+            # a new step: the cached blocks the previous one did not use go back to the system
+            torch.ops.reann.block_cache_next_step()
         energy_properties = {"energy", "free_energy", "energies", "forces", "stress"}
         wants_energy = bool(energy_properties.intersection(properties))
         if wants_energy and "energy" not in self.models:

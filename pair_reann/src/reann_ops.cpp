@@ -88,6 +88,14 @@ template <typename T> struct Simd {
   static void store(T *p, const vec &v) { __builtin_memcpy(p, &v, sizeof(vec)); }
 };
 
+// Vectors of 8 neighbour slots, the chunks gram_backward works in: one AVX register of floats,
+// two of doubles
+template <typename T> struct SlotChunk {
+  typedef T vec __attribute__((vector_size(8 * sizeof(T))));
+  static constexpr int64_t lanes = 8;
+  static void store(T *p, const vec &v) { __builtin_memcpy(p, &v, sizeof(vec)); }
+};
+
 // What one thread needs for one centre: powers of the vector components, monomials, weighted
 // radial functions, and their gradients. Rows over the J neighbour slots have `stride` >= J
 // entries (a whole number of SIMD vector pairs), zero beyond J. Slot-major rows over the K
@@ -96,15 +104,14 @@ template <typename T> struct Simd {
 template <typename T> struct CentreScratch {
   int64_t stride, padded;
   std::vector<T> powers, monomials, weighted, grad_monomials, grad_weighted, grad_orbitals;
-  std::vector<T> slot_weighted, slot_grad_weighted, padded_orbitals;
+  std::vector<T> slot_weighted, padded_orbitals;
   CentreScratch(const Sizes &s) :
       stride((s.slots + 2 * Simd<T>::lanes - 1) / (2 * Simd<T>::lanes) * (2 * Simd<T>::lanes)),
       padded((s.gaussians + Simd<T>::lanes - 1) / Simd<T>::lanes * Simd<T>::lanes),
       powers(3 * s.orders * stride), monomials(s.components * stride),
       weighted(s.gaussians * stride), grad_monomials(s.components * stride),
       grad_weighted(s.gaussians * stride), grad_orbitals(s.components * s.gaussians),
-      slot_weighted(s.slots * padded), slot_grad_weighted(s.slots * padded),
-      padded_orbitals(s.components * padded)
+      slot_weighted(s.slots * padded), padded_orbitals(s.components * padded)
   {
   }
 };
@@ -130,13 +137,14 @@ void compute_monomials(const T *vectors, const int64_t *exponents, const T *weig
   }
 }
 
-// slot_weighted[j * padded + k] = R_jk coef_(n_j)k
+// slot_weighted[j * padded + k] = R_jk coef_(n_j)k for `num_slots` slots j
 template <typename T, int FixedK>
 void weigh_radial(const T *radial, const int64_t *neighbor, const T *coefficients,
-                  const KernelSizes<FixedK> &s, int64_t padded, T *slot_weighted)
+                  int64_t num_slots, const KernelSizes<FixedK> &s, int64_t padded,
+                  T *slot_weighted)
 {
   const int64_t K = s.K();
-  for (int64_t j = 0; j < s.slots; ++j) {
+  for (int64_t j = 0; j < num_slots; ++j) {
     const T *c = coefficients + neighbor[j] * K;
     const T *r = radial + j * K;
     T *w = slot_weighted + j * padded;
@@ -152,7 +160,7 @@ void weigh_radial_rows(const T *radial, const int64_t *neighbor, const T *coeffi
                        const KernelSizes<FixedK> &s, int64_t padded, T *slot_weighted,
                        int64_t stride, T *weighted)
 {
-  weigh_radial(radial, neighbor, coefficients, s, padded, slot_weighted);
+  weigh_radial(radial, neighbor, coefficients, s.slots, s, padded, slot_weighted);
   for (int64_t j = 0; j < s.slots; ++j)
     for (int64_t k = 0; k < s.K(); ++k)
       weighted[k * stride + j] = slot_weighted[j * padded + k];
@@ -369,6 +377,117 @@ void add_monomial_hessian(const T *ga, const T *hv, const int64_t *exponents, co
   }
 }
 
+// out[m * 8 + l] = in[l * in_stride + m], l, m < 8: an 8 x 8 block transposed in registers
+// by unpacking pairs, then pairs of pairs, then halves (float), or as four 4 x 4 blocks of
+// AVX registers (double)
+template <typename T> void transpose_block(const T *in, int64_t in_stride, T *out)
+{
+  using S = Simd<T>;
+  using vec = typename S::vec;
+  if constexpr (S::lanes == 8) {
+    vec r[8], t[8], u[8];
+    for (int l = 0; l < 8; ++l) r[l] = S::load(in + l * in_stride);
+    for (int l = 0; l < 8; l += 2) {
+      t[l] = __builtin_shufflevector(r[l], r[l + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+      t[l + 1] = __builtin_shufflevector(r[l], r[l + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+    }
+    for (int l = 0; l < 8; l += 4)
+      for (int h = 0; h < 2; ++h) {
+        u[l + 2 * h] = __builtin_shufflevector(t[l + h], t[l + h + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+        u[l + 2 * h + 1] =
+            __builtin_shufflevector(t[l + h], t[l + h + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+      }
+    for (int m = 0; m < 4; ++m) {
+      S::store(out + m * 8, __builtin_shufflevector(u[m], u[m + 4], 0, 1, 2, 3, 8, 9, 10, 11));
+      S::store(out + (m + 4) * 8,
+               __builtin_shufflevector(u[m], u[m + 4], 4, 5, 6, 7, 12, 13, 14, 15));
+    }
+  } else {
+    static_assert(S::lanes == 4, "transpose_block: AVX registers of 8 floats or 4 doubles");
+    for (int l0 = 0; l0 < 8; l0 += 4)
+      for (int m0 = 0; m0 < 8; m0 += 4) {
+        vec r[4], t[4];
+        for (int l = 0; l < 4; ++l) r[l] = S::load(in + (l0 + l) * in_stride + m0);
+        for (int l = 0; l < 4; l += 2) {
+          t[l] = __builtin_shufflevector(r[l], r[l + 1], 0, 4, 2, 6);
+          t[l + 1] = __builtin_shufflevector(r[l], r[l + 1], 1, 5, 3, 7);
+        }
+        for (int m = 0; m < 2; ++m) {
+          S::store(out + (m0 + m) * 8 + l0, __builtin_shufflevector(t[m], t[m + 2], 0, 1, 4, 5));
+          S::store(out + (m0 + m + 2) * 8 + l0,
+                   __builtin_shufflevector(t[m], t[m + 2], 2, 3, 6, 7));
+        }
+      }
+  }
+}
+
+// dA_c/dv[axis] = factor x^e0 y^e1 z^e2, e = c's exponents with e_axis lowered by one and
+// factor = w_c e_axis: one term of the force sum of gram_backward
+template <typename T> struct MonomialDerivative {
+  int64_t component, lowered[3];
+  T factor;
+};
+
+// The nonzero first derivatives of the monomials, along x, then y, then z: those along `axis`
+// are terms[first[axis]] .. terms[first[axis + 1] - 1]
+template <typename T> struct MonomialDerivatives {
+  std::vector<MonomialDerivative<T>> terms;
+  int64_t first[4];
+  MonomialDerivatives(const int64_t *exponents, const T *weights, const Sizes &s)
+  {
+    for (int64_t axis = 0; axis < 3; ++axis) {
+      first[axis] = static_cast<int64_t>(terms.size());
+      for (int64_t c = 0; c < s.components; ++c) {
+        const int64_t *e = exponents + 3 * c;
+        if (e[axis] == 0) continue;
+        MonomialDerivative<T> d{c, {e[0], e[1], e[2]}, weights[c] * T(e[axis])};
+        --d.lowered[axis];
+        terms.push_back(d);
+      }
+    }
+    first[3] = static_cast<int64_t>(terms.size());
+  }
+};
+
+// The 8 slots j0 .. j0 + 7 of a centre (zero vectors beyond J), slot by slot in rows of 8:
+// powers[(axis * orders + e) * 8 + l] = v_(j0+l)[axis]^e, monomials[c * 8 + l] = A_c(j0+l)
+template <typename T>
+void chunk_monomials(const T *vectors, int64_t j0, const int64_t *exponents, const T *weights,
+                     const Sizes &s, T *powers, T *monomials)
+{
+  using S = Simd<T>;
+  constexpr int64_t L = SlotChunk<T>::lanes;
+  const int64_t J = s.slots, orders = s.orders, C = s.components;
+  const int64_t filled = std::min(L, J - j0);
+  T padded_rows[3][L] = {};
+  const T *rows[3];
+  for (int64_t axis = 0; axis < 3; ++axis) {
+    rows[axis] = vectors + axis * J + j0;
+    if (filled < L) {
+      for (int64_t l = 0; l < filled; ++l) padded_rows[axis][l] = rows[axis][l];
+      rows[axis] = padded_rows[axis];
+    }
+  }
+  for (int64_t h = 0; h < L; h += S::lanes) {
+    for (int64_t axis = 0; axis < 3; ++axis) {
+      const typename S::vec v = S::load(rows[axis] + h);
+      typename S::vec p = v * T(0) + T(1);
+      T *pa = powers + axis * orders * L + h;
+      S::store(pa, p);
+      for (int64_t e = 1; e < orders; ++e) {
+        p *= v;
+        S::store(pa + e * L, p);
+      }
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t *e = exponents + 3 * c;
+      S::store(monomials + c * L + h, weights[c] * S::load(powers + e[0] * L + h) *
+                                          S::load(powers + (orders + e[1]) * L + h) *
+                                          S::load(powers + (2 * orders + e[2]) * L + h));
+    }
+  }
+}
+
 template <typename T, int FixedK>
 void gram_forward(const T *vectors, const T *radial, const int64_t *neighbor,
                   const T *coefficients, const int64_t *exponents, const T *weights,
@@ -380,7 +499,7 @@ void gram_forward(const T *vectors, const T *radial, const int64_t *neighbor,
     for (int64_t i = begin; i < end; ++i) {
       compute_monomials(vectors + i * 3 * J, exponents, weights, s, scratch.stride,
                         scratch.powers.data(), scratch.monomials.data());
-      weigh_radial(radial + i * J * K, neighbor + i * J, coefficients, s, scratch.padded,
+      weigh_radial(radial + i * J * K, neighbor + i * J, coefficients, J, s, scratch.padded,
                    scratch.slot_weighted.data());
       // b_c = sum_j A_cj W_j in rows of `padded`, kept in rows of K
       T *bp = scratch.padded_orbitals.data();
@@ -401,48 +520,106 @@ void gram_forward(const T *vectors, const T *radial, const int64_t *neighbor,
   });
 }
 
+// asks the cache for the lines of x[0 .. count - 1]
+template <typename T> void prefetch(const T *x, int64_t count)
+{
+  const char *bytes = reinterpret_cast<const char *>(x);
+  for (int64_t offset = 0; offset < count * int64_t(sizeof(T)); offset += 64)
+    __builtin_prefetch(bytes + offset);
+}
+
+// dv, dR and dcoef from dG, slot chunk by slot chunk (chunk_monomials): with gb_c = S_L(c) b_c,
+// gA_c = sum_k gb_ck W_k in slot lanes (W transposed), dv = (dA/dv)^T gA, and slot by slot
+// gW_j = sum_c A_cj gb_c, dR_jk = gW_jk coef_(n_j)k, dcoef_(n_j)k += gW_jk R_jk
 template <typename T, int FixedK>
 void gram_backward(const T *grad_gram, const T *vectors, const T *radial, const int64_t *neighbor,
                    const T *coefficients, const int64_t *exponents, const T *weights,
                    const T *orbitals, const KernelSizes<FixedK> &s, T *grad_vectors, T *grad_radial,
                    T *grad_coefficients_per_thread)
 {
-  const int64_t J = s.slots, K = s.K(), C = s.components;
+  using S = SlotChunk<T>;
+  using vec = typename S::vec;
+  constexpr int64_t L = S::lanes;
+  const int64_t J = s.slots, K = s.K(), C = s.components, orders = s.orders;
+  // W's rows in the chunk: whole 8 x 8 blocks
+  const int64_t w_padded = (K + L - 1) / L * L;
+  const MonomialDerivatives<T> derivatives(exponents, weights, s);
   at::parallel_for(0, s.centers, 16, [&](int64_t begin, int64_t end) {
     // each thread sums the gradients of the neighbours' coefficients into its own copy
     T *grad_c = grad_coefficients_per_thread + at::get_thread_num() * s.atoms * K;
     CentreScratch<T> scratch(s);
-    const int64_t stride = scratch.stride, padded = scratch.padded;
+    const int64_t padded = scratch.padded;
     T *gb = scratch.grad_orbitals.data(), *gbp = scratch.padded_orbitals.data();
-    T *ga = scratch.grad_monomials.data();
-    T *gw = scratch.slot_grad_weighted.data();
-    std::vector<T> symmetric(s.orders * K * K);
+    std::vector<T> symmetric(orders * K * K);
+    // one chunk: powers, monomials, gA and W in slot lanes; W and gW slot-major (rows of
+    // `padded`, zero beyond K and, for W, beyond J)
+    std::vector<vec> lanes(3 * orders + 2 * C + w_padded);
+    vec *powers = lanes.data(), *monomials = powers + 3 * orders, *ga = monomials + C;
+    vec *w_lanes = ga + C;
+    std::vector<T> slot_major(L * (w_padded + padded));
+    T *w_rows = slot_major.data(), *gw = w_rows + L * w_padded;
     for (int64_t i = begin; i < end; ++i) {
       const int64_t *n = neighbor + i * J;
       const T *r = radial + i * J * K;
-      compute_monomials(vectors + i * 3 * J, exponents, weights, s, stride, scratch.powers.data(),
-                        scratch.monomials.data());
-      weigh_radial_rows(r, n, coefficients, s, padded, scratch.slot_weighted.data(), stride,
-                        scratch.weighted.data());
-      symmetric_of(grad_gram + i * s.orders * s.pairs(), s, symmetric.data());
+      T *gv = grad_vectors + i * 3 * J, *gr = grad_radial + i * J * K;
+      // the chunks read the vectors 8 slots at a time, too little at once to hide the memory's
+      // latency: ask for the next centre's vectors now
+      if (i + 1 < end) prefetch(vectors + (i + 1) * 3 * J, 3 * J);
+      symmetric_of(grad_gram + i * orders * s.pairs(), s, symmetric.data());
       apply_symmetric(symmetric.data(), orbitals + i * C * K, exponents, s, gb);
       pad_rows(gb, C, s, padded, gbp);
-      // dA_cj = sum_k gb_ck weighted_kj;  dweighted_jk = sum_c A_cj gb_ck (slot-major)
-      combine_rows(gb, K, 1, scratch.weighted.data(), K, C, stride, ga);
-      combine_rows(scratch.monomials.data(), int64_t(1), stride, gbp, C, J, padded, gw);
-      monomial_gradient(ga, exponents, weights, scratch.powers.data(), s, stride,
-                        grad_vectors + i * 3 * J);
-      T *gr = grad_radial + i * J * K;
-      for (int64_t j = 0; j < J; ++j) {
-        const T *c = coefficients + n[j] * K;
-        const T *rj = r + j * K;
-        const T *g = gw + j * padded;
-        T *gc = grad_c + n[j] * K;
-        T *grj = gr + j * K;
+      for (int64_t j0 = 0; j0 < J; j0 += L) {
+        const int64_t filled = std::min(L, J - j0);
+        chunk_monomials(vectors + i * 3 * J, j0, exponents, weights, s,
+                        reinterpret_cast<T *>(powers), reinterpret_cast<T *>(monomials));
+        weigh_radial(r + j0 * K, n + j0, coefficients, filled, s, w_padded, w_rows);
+        std::fill(w_rows + filled * w_padded, w_rows + L * w_padded, T(0));
+        for (int64_t k0 = 0; k0 < w_padded; k0 += L)
+          transpose_block(w_rows + k0, w_padded, reinterpret_cast<T *>(w_lanes + k0));
+        int64_t c = 0;
+        for (; c + 4 <= C; c += 4) {
+          vec sum[4] = {};
+          for (int64_t k = 0; k < K; ++k)
+            for (int q = 0; q < 4; ++q) sum[q] += gb[(c + q) * K + k] * w_lanes[k];
+          for (int q = 0; q < 4; ++q) ga[c + q] = sum[q];
+        }
+        for (; c < C; ++c) {
+          vec sum = {};
+          for (int64_t k = 0; k < K; ++k) sum += gb[c * K + k] * w_lanes[k];
+          ga[c] = sum;
+        }
+        for (int64_t axis = 0; axis < 3; ++axis) {
+          vec sum = {};
+          for (int64_t t = derivatives.first[axis]; t < derivatives.first[axis + 1]; ++t) {
+            const MonomialDerivative<T> &d = derivatives.terms[t];
+            sum += d.factor * ga[d.component] * powers[d.lowered[0]] *
+                   powers[orders + d.lowered[1]] * powers[2 * orders + d.lowered[2]];
+          }
+          if (filled == L)
+            S::store(gv + axis * J + j0, sum);
+          else
+            for (int64_t l = 0; l < filled; ++l) gv[axis * J + j0 + l] = sum[l];
+        }
+        for (int64_t k0 = 0; k0 < padded; k0 += Simd<T>::lanes) {
+          typename Simd<T>::vec sum[L] = {};
+          for (int64_t c = 0; c < C; ++c) {
+            const typename Simd<T>::vec g = Simd<T>::load(gbp + c * padded + k0);
+            for (int64_t l = 0; l < L; ++l) sum[l] += monomials[c][l] * g;
+          }
+          for (int64_t l = 0; l < filled; ++l) Simd<T>::store(gw + l * padded + k0, sum[l]);
+        }
+        for (int64_t l = 0; l < filled; ++l) {
+          const int64_t j = j0 + l;
+          const T *c = coefficients + n[j] * K;
+          const T *rj = r + j * K;
+          const T *g = gw + l * padded;
+          T *gc = grad_c + n[j] * K;
+          T *grj = gr + j * K;
 #pragma omp simd
-        for (int64_t k = 0; k < K; ++k) {
-          grj[k] = g[k] * c[k];
-          gc[k] += g[k] * rj[k];
+          for (int64_t k = 0; k < K; ++k) {
+            grj[k] = g[k] * c[k];
+            gc[k] += g[k] * rj[k];
+          }
         }
       }
     }

@@ -488,28 +488,57 @@ void chunk_monomials(const T *vectors, int64_t j0, const int64_t *exponents, con
   }
 }
 
+// asks the cache for the lines of x[0 .. count - 1]
+template <typename T> void prefetch(const T *x, int64_t count)
+{
+  const char *bytes = reinterpret_cast<const char *>(x);
+  for (int64_t offset = 0; offset < count * int64_t(sizeof(T)); offset += 64)
+    __builtin_prefetch(bytes + offset);
+}
+
+// b_c = sum_j A_cj W_j slot chunk by slot chunk (chunk_monomials), then G from b
 template <typename T, int FixedK>
 void gram_forward(const T *vectors, const T *radial, const int64_t *neighbor,
                   const T *coefficients, const int64_t *exponents, const T *weights,
                   const KernelSizes<FixedK> &s, T *gram, T *orbitals)
 {
-  const int64_t J = s.slots, K = s.K(), C = s.components, P = s.pairs();
+  using V = Simd<T>;
+  constexpr int64_t L = SlotChunk<T>::lanes;
+  const int64_t J = s.slots, K = s.K(), C = s.components, P = s.pairs(), orders = s.orders;
   at::parallel_for(0, s.centers, 16, [&](int64_t begin, int64_t end) {
     CentreScratch<T> scratch(s);
+    const int64_t padded = scratch.padded;
+    // one chunk: powers and monomials slot by slot in rows of 8, W slot-major (rows of
+    // `padded`, zero beyond K and beyond J)
+    std::vector<T> chunk((3 * orders + C) * L + L * padded);
+    T *powers = chunk.data(), *monomials = powers + 3 * orders * L;
+    T *w_rows = monomials + C * L;
+    T *bp = scratch.padded_orbitals.data();
     for (int64_t i = begin; i < end; ++i) {
-      compute_monomials(vectors + i * 3 * J, exponents, weights, s, scratch.stride,
-                        scratch.powers.data(), scratch.monomials.data());
-      weigh_radial(radial + i * J * K, neighbor + i * J, coefficients, J, s, scratch.padded,
-                   scratch.slot_weighted.data());
-      // b_c = sum_j A_cj W_j in rows of `padded`, kept in rows of K
-      T *bp = scratch.padded_orbitals.data();
-      combine_rows(scratch.monomials.data(), scratch.stride, int64_t(1),
-                   scratch.slot_weighted.data(), J, C, scratch.padded, bp);
+      const int64_t *n = neighbor + i * J;
+      const T *r = radial + i * J * K;
+      if (i + 1 < end) prefetch(vectors + (i + 1) * 3 * J, 3 * J);
+      std::fill(bp, bp + C * padded, T(0));
+      for (int64_t j0 = 0; j0 < J; j0 += L) {
+        const int64_t filled = std::min(L, J - j0);
+        chunk_monomials(vectors + i * 3 * J, j0, exponents, weights, s, powers, monomials);
+        weigh_radial(r + j0 * K, n + j0, coefficients, filled, s, padded, w_rows);
+        std::fill(w_rows + filled * padded, w_rows + L * padded, T(0));
+        for (int64_t k0 = 0; k0 < padded; k0 += V::lanes) {
+          typename V::vec w[L];
+          for (int64_t l = 0; l < L; ++l) w[l] = V::load(w_rows + l * padded + k0);
+          for (int64_t c = 0; c < C; ++c) {
+            typename V::vec sum = V::load(bp + c * padded + k0);
+            for (int64_t l = 0; l < L; ++l) sum += monomials[c * L + l] * w[l];
+            V::store(bp + c * padded + k0, sum);
+          }
+        }
+      }
       T *b = orbitals + i * C * K;
       for (int64_t c = 0; c < C; ++c)
-        std::copy(bp + c * scratch.padded, bp + c * scratch.padded + K, b + c * K);
-      T *g = gram + i * s.orders * P;
-      std::fill(g, g + s.orders * P, T(0));
+        std::copy(bp + c * padded, bp + c * padded + K, b + c * K);
+      T *g = gram + i * orders * P;
+      std::fill(g, g + orders * P, T(0));
       for (int64_t c = 0; c < C; ++c) {
         T *g_order = g + order_of(exponents, c) * P;
         const T *bc = b + c * K;
@@ -518,14 +547,6 @@ void gram_forward(const T *vectors, const T *radial, const int64_t *neighbor,
       }
     }
   });
-}
-
-// asks the cache for the lines of x[0 .. count - 1]
-template <typename T> void prefetch(const T *x, int64_t count)
-{
-  const char *bytes = reinterpret_cast<const char *>(x);
-  for (int64_t offset = 0; offset < count * int64_t(sizeof(T)); offset += 64)
-    __builtin_prefetch(bytes + offset);
 }
 
 // dv, dR and dcoef from dG, slot chunk by slot chunk (chunk_monomials): with gb_c = S_L(c) b_c,

@@ -59,11 +59,13 @@ class DeployedEnergyModel(torch.nn.Module):
     """
 
     num_recursions: int
+    model_dtype: torch.dtype
 
     def __init__(self, energy_model: torch.nn.Module):
         super().__init__()
         self.energy_model = energy_model
         self.num_recursions = len(energy_model.density.updates)
+        self.model_dtype = next(energy_model.parameters()).dtype
 
     def forward(
         self,
@@ -79,15 +81,16 @@ class DeployedEnergyModel(torch.nn.Module):
         Returns: atomic energies [N] (eV), forces [N, 3] (eV/Å) = −∂E_local/∂pos and the virial
         [3, 3] (eV) = −∂E_local/∂ε under a symmetric strain ε, all float64.
         """
-        # the edge vectors r_ij = x_j − x_i + s_ij are the leaves: forces and virial both follow
-        # from g_ij = ∂E/∂r_ij, F = −∂E/∂x and the virial −Σ r ⊗ g (symmetrised) = −∂E/∂ε.
-        # No-grad blocks rather than detach(): the deployed file is frozen, and freezing drops
-        # detach()
+        # the edge vectors r_ij = x_j − x_i + s_ij, in the model dtype, are the leaves: forces
+        # and virial both follow from g_ij = ∂E/∂r_ij, F = −∂E/∂x and the virial −Σ r ⊗ g
+        # (symmetrised, with r in float64) = −∂E/∂ε. No-grad blocks rather than detach(): the
+        # deployed file is frozen, and freezing drops detach()
         with torch.no_grad():
-            vectors = torch.index_select(pos, 0, edge_index[1]) - torch.index_select(
+            exact_vectors = torch.index_select(pos, 0, edge_index[1]) - torch.index_select(
                 pos, 0, edge_index[0]
             )
-            vectors = vectors + shift
+            exact_vectors = exact_vectors + shift
+            vectors = exact_vectors.to(self.model_dtype)
         vectors.requires_grad_(True)
         data: AtomicDataDict.Type = {
             AtomicDataDict.POSITIONS_KEY: pos,
@@ -108,9 +111,10 @@ class DeployedEnergyModel(torch.nn.Module):
             virial = torch.zeros((3, 3), dtype=pos.dtype, device=pos.device)
             # no edge reaches the energy when no atom has a neighbour
             if edge_gradient is not None:
+                edge_gradient = edge_gradient.to(pos.dtype)
                 forces.index_add_(0, edge_index[0], edge_gradient)
                 forces.index_add_(0, edge_index[1], -edge_gradient)
-                virial = -torch.mm(vectors.transpose(0, 1), edge_gradient)
+                virial = -torch.mm(exact_vectors.transpose(0, 1), edge_gradient)
                 virial = 0.5 * (virial + virial.transpose(0, 1))
         return energies, forces, virial
 

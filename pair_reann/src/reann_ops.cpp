@@ -450,21 +450,22 @@ template <typename T> struct MonomialDerivatives {
 };
 
 // The 8 slots j0 .. j0 + 7 of a centre (zero vectors beyond J), slot by slot in rows of 8:
-// powers[(axis * orders + e) * 8 + l] = v_(j0+l)[axis]^e, monomials[c * 8 + l] = A_c(j0+l)
+// powers[(axis * orders + e) * 8 + l] = v_(j0+l)[axis]^e, monomials[c * 8 + l] = A_c(j0+l).
+// Inlined into the passes, which call it for every 8 slots (~5 % of their time as a call)
 template <typename T>
-void chunk_monomials(const T *vectors, int64_t j0, const int64_t *exponents, const T *weights,
+__attribute__((always_inline)) inline void chunk_monomials(const T *vectors, int64_t j0, const int64_t *exponents, const T *weights,
                      const Sizes &s, T *powers, T *monomials)
 {
   using S = Simd<T>;
   constexpr int64_t L = SlotChunk<T>::lanes;
   const int64_t J = s.slots, orders = s.orders, C = s.components;
   const int64_t filled = std::min(L, J - j0);
-  T padded_rows[3][L] = {};
+  T padded_rows[3][L];
   const T *rows[3];
   for (int64_t axis = 0; axis < 3; ++axis) {
     rows[axis] = vectors + axis * J + j0;
     if (filled < L) {
-      for (int64_t l = 0; l < filled; ++l) padded_rows[axis][l] = rows[axis][l];
+      for (int64_t l = 0; l < L; ++l) padded_rows[axis][l] = l < filled ? rows[axis][l] : T(0);
       rows[axis] = padded_rows[axis];
     }
   }

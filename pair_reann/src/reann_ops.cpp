@@ -88,8 +88,8 @@ template <typename T> struct Simd {
   static void store(T *p, const vec &v) { __builtin_memcpy(p, &v, sizeof(vec)); }
 };
 
-// Vectors of 8 neighbour slots, the chunks gram_backward works in: one AVX register of floats,
-// two of doubles
+// Vectors of 8 neighbour slots, the chunks the density kernel works in: one AVX register of
+// floats, two of doubles
 template <typename T> struct SlotChunk {
   typedef T vec __attribute__((vector_size(8 * sizeof(T))));
   static constexpr int64_t lanes = 8;
@@ -453,8 +453,9 @@ template <typename T> struct MonomialDerivatives {
 // powers[(axis * orders + e) * 8 + l] = v_(j0+l)[axis]^e, monomials[c * 8 + l] = A_c(j0+l).
 // Inlined into the passes, which call it for every 8 slots (~5 % of their time as a call)
 template <typename T>
-__attribute__((always_inline)) inline void chunk_monomials(const T *vectors, int64_t j0, const int64_t *exponents, const T *weights,
-                     const Sizes &s, T *powers, T *monomials)
+__attribute__((always_inline)) inline void
+chunk_monomials(const T *vectors, int64_t j0, const int64_t *exponents, const T *weights,
+                const Sizes &s, T *powers, T *monomials)
 {
   using S = Simd<T>;
   constexpr int64_t L = SlotChunk<T>::lanes;
@@ -632,14 +633,14 @@ void gram_backward(const T *grad_gram, const T *vectors, const T *radial, const 
         }
         for (int64_t l = 0; l < filled; ++l) {
           const int64_t j = j0 + l;
-          const T *c = coefficients + n[j] * K;
+          const T *coef = coefficients + n[j] * K;
           const T *rj = r + j * K;
           const T *g = gw + l * padded;
           T *gc = grad_c + n[j] * K;
           T *grj = gr + j * K;
 #pragma omp simd
           for (int64_t k = 0; k < K; ++k) {
-            grj[k] = g[k] * c[k];
+            grj[k] = g[k] * coef[k];
             gc[k] += g[k] * rj[k];
           }
         }

@@ -516,6 +516,7 @@ void gram_forward(const T *vectors, const T *radial, const int64_t *neighbor,
     T *powers = chunk.data(), *monomials = powers + 3 * orders * L;
     T *w_rows = monomials + C * L;
     T *bp = scratch.padded_orbitals.data();
+    std::vector<T> outer(orders * K * padded);
     for (int64_t i = begin; i < end; ++i) {
       const int64_t *n = neighbor + i * J;
       const T *r = radial + i * J * K;
@@ -539,13 +540,21 @@ void gram_forward(const T *vectors, const T *radial, const int64_t *neighbor,
       T *b = orbitals + i * C * K;
       for (int64_t c = 0; c < C; ++c)
         std::copy(bp + c * padded, bp + c * padded + K, b + c * K);
-      T *g = gram + i * orders * P;
-      std::fill(g, g + orders * P, T(0));
+      // G_L = sum_(c of order L) b_c b_c^T in rows of `padded`, then its upper triangle
+      std::fill(outer.begin(), outer.end(), T(0));
       for (int64_t c = 0; c < C; ++c) {
-        T *g_order = g + order_of(exponents, c) * P;
-        const T *bc = b + c * K;
-        for (int64_t k = 0, p = 0; k < K; ++k)
-          for (int64_t q = k; q < K; ++q, ++p) g_order[p] += bc[k] * bc[q];
+        const T *bc = bp + c * padded;
+        T *o = outer.data() + order_of(exponents, c) * K * padded;
+        for (int64_t k = 0; k < K; ++k)
+          for (int64_t k0 = 0; k0 < padded; k0 += V::lanes)
+            V::store(o + k * padded + k0,
+                     V::load(o + k * padded + k0) + bc[k] * V::load(bc + k0));
+      }
+      T *g = gram + i * orders * P;
+      for (int64_t order = 0; order < orders; ++order) {
+        const T *o = outer.data() + order * K * padded;
+        for (int64_t k = 0; k < K; ++k)
+          for (int64_t q = k; q < K; ++q) *g++ = o[k * padded + q];
       }
     }
   });

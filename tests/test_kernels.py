@@ -1,4 +1,5 @@
-"""The C++ kernels equal the torch forms: ``reann::orbital_gram`` with first and second
+"""The C++ kernels equal the torch forms: ``reann::orbital_gram`` and the neighbour-block
+placement (``neighbor_slots``, ``to_blocks``, ``from_blocks``) with first and second
 derivatives, ``reann::species_gaussians`` with first derivatives."""
 
 import pathlib
@@ -10,7 +11,7 @@ import torch
 
 from reann_nequip.integrations.lammps import KERNEL_FILE, plugin_directory
 from reann_nequip.nn import CartesianMonomials, FusedOrbitalGram, OrbitalGram
-from reann_nequip.nn.embedded_density import neighbor_slots, to_neighbor_blocks
+from reann_nequip.nn.embedded_density import fused_neighbor_blocks, neighbor_blocks
 from reann_nequip.nn.radial_basis import (
     FusedSpeciesGaussians,
     species_gaussians,
@@ -30,7 +31,7 @@ def kernels():
     load_kernels()
 
 
-def neighbor_blocks(num_centers, slots, num_gaussians, num_atoms, dtype, seed=0):
+def random_blocks(num_centers, slots, num_gaussians, num_atoms, dtype, seed=0):
     """Random blocks as ``geometry`` makes them: each centre fills its first slots, the rest
     are padding (zero vectors, zero radial functions, neighbour 0)."""
     generator = torch.Generator().manual_seed(seed)
@@ -47,8 +48,9 @@ def neighbor_blocks(num_centers, slots, num_gaussians, num_atoms, dtype, seed=0)
 
 
 def edges_in_blocks(num_centers, max_neighbors, num_gaussians, num_atoms, dtype, seed=0):
-    """Random edges (0 … max_neighbors per centre) as ``geometry`` takes them: edge vectors and
-    radial functions [E, 3], [E, K] with their neighbour slots, and the neighbours in blocks."""
+    """Random edges (0 … max_neighbors per centre) as ``geometry`` takes them: edge vectors
+    [E, 3] with their ``edge_index`` and the number of centres, radial functions [E, K] and
+    the coefficients of all atoms."""
     generator = torch.Generator().manual_seed(seed)
     counts = torch.randint(0, max_neighbors + 1, (num_centers,), generator=generator)
     counts[0] = max_neighbors
@@ -56,42 +58,40 @@ def edges_in_blocks(num_centers, max_neighbors, num_gaussians, num_atoms, dtype,
     num_edges = center.shape[0]
     vectors = 2.0 * torch.randn(num_edges, 3, generator=generator, dtype=dtype)
     radial = torch.rand(num_edges, num_gaussians, generator=generator, dtype=dtype)
-    neighbor = torch.randint(0, num_atoms, (num_edges, 1), generator=generator)
+    neighbor = torch.randint(0, num_atoms, (num_edges,), generator=generator)
     coefficients = torch.randn(num_atoms, num_gaussians, generator=generator, dtype=dtype)
-    slot, width = neighbor_slots(center, num_centers)
-    neighbor = to_neighbor_blocks(neighbor, slot, num_centers, width).view(-1)
-    return (vectors, slot, width), radial, neighbor, coefficients
+    return (vectors, torch.stack([center, neighbor]), num_centers), radial, coefficients
 
 
-def gram_of_edges(module, edges, radial, neighbor, coefficients):
+def gram_of_edges(module, edges, radial, coefficients):
     """Leaf copies of the edges' vectors, radial functions and the coefficients, and G of them
-    as the model computes it (blocks by ``module.block_geometry``)."""
-    vectors, slot, width = edges
-    num_centers = neighbor.shape[0] // width
+    as the model computes it (blocks by ``module.neighbor_blocks``)."""
+    vectors, edge_index, num_centers = edges
     inputs = [t.clone().requires_grad_(True) for t in (vectors, radial, coefficients)]
-    geometry = module.block_geometry(inputs[0], slot, num_centers, width)
-    radial_blocks = to_neighbor_blocks(inputs[1], slot, num_centers, width)
+    geometry, radial_blocks, neighbor = module.neighbor_blocks(
+        inputs[0], inputs[1], edge_index, num_centers
+    )
     return inputs, module(geometry, radial_blocks, neighbor, inputs[2])
 
 
-def gram_and_gradients(module, edges, radial, neighbor, coefficients):
+def gram_and_gradients(module, edges, radial, coefficients):
     """G and its weighted sum's gradients with respect to the edges' vectors and radial
     functions and the coefficients (the padding slots' own gradients differ by form: the
     kernel sees zero vectors there, the torch form zero monomials; neither reaches an edge)."""
-    inputs, gram = gram_of_edges(module, edges, radial, neighbor, coefficients)
+    inputs, gram = gram_of_edges(module, edges, radial, coefficients)
     weights = torch.linspace(-1.0, 2.0, gram.numel(), dtype=gram.dtype).view_as(gram)
     (gram * weights).sum().backward()
     # at l_max = 0 the torch form does not depend on the vectors at all
     return [gram.detach()] + [torch.zeros_like(t) if t.grad is None else t.grad for t in inputs]
 
 
-def second_derivatives(module, edges, radial, neighbor, coefficients):
+def second_derivatives(module, edges, radial, coefficients):
     """What force training differentiates: the first derivatives of <U, G> (U depends on a
     parameter u, as dG depends on the network weights), then the gradient of a weighted sum
     of those derivatives with respect to the edges' vectors and radial functions, the
     coefficients and u."""
     u = torch.tensor(0.7, dtype=edges[0].dtype, requires_grad=True)
-    inputs, gram = gram_of_edges(module, edges, radial, neighbor, coefficients)
+    inputs, gram = gram_of_edges(module, edges, radial, coefficients)
     upstream = torch.linspace(-1.0, 2.0, gram.numel(), dtype=gram.dtype).view_as(gram)
     first = torch.autograd.grad(
         (gram * upstream * u + gram.square()).sum(), inputs, create_graph=True, allow_unused=True
@@ -103,6 +103,47 @@ def second_derivatives(module, edges, radial, neighbor, coefficients):
     )
     second = torch.autograd.grad(loss, [*inputs, u], allow_unused=True)
     return [torch.zeros_like(t) if g is None else g for g, t in zip(second, [*inputs, u])]
+
+
+@pytest.mark.parametrize("in_centre_order", [True, False])
+def test_block_kernels_equal_torch_form(in_centre_order):
+    """``reann::neighbor_slots`` and ``to_blocks`` place the edges as the torch form does
+    (stable order within a centre, centres without edges all padding), and their backward
+    passes (``from_blocks``, then ``to_blocks`` again) are exact to any order."""
+    (vectors, edge_index, num_centers), radial, _ = edges_in_blocks(
+        12, 6, 4, 20, torch.float64, seed=2
+    )
+    if not in_centre_order:
+        order = torch.randperm(edge_index.shape[1], generator=torch.Generator().manual_seed(1))
+        vectors, edge_index, radial = vectors[order], edge_index[:, order], radial[order]
+    # two more centres without edges, at the end
+    num_centers += 2
+    expected = neighbor_blocks(vectors, radial, edge_index, num_centers)
+    actual = fused_neighbor_blocks(vectors, radial, edge_index, num_centers)
+    for name, e, a in zip(("geometry", "radial", "neighbor"), expected, actual):
+        assert a.shape == e.shape and torch.equal(a, e), name
+
+    def blocks(v, r):
+        return fused_neighbor_blocks(v, r, edge_index, num_centers)[:2]
+
+    inputs = (vectors.requires_grad_(), radial.requires_grad_())
+    assert torch.autograd.gradcheck(blocks, inputs)
+    assert torch.autograd.gradgradcheck(blocks, inputs)
+
+
+def test_block_kernels_without_edges_and_with_bad_inputs():
+    empty = fused_neighbor_blocks(
+        torch.zeros(0, 3), torch.zeros(0, 8), torch.zeros(2, 0, dtype=torch.long), 5
+    )
+    assert [tuple(t.shape) for t in empty] == [(5, 3, 0), (5, 0, 8), (0,)]
+    with pytest.raises(RuntimeError, match="edge 1 has centre 7, outside the 5 centres"):
+        torch.ops.reann.neighbor_slots(torch.tensor([0, 7]), 5)
+    with pytest.raises(RuntimeError, match="edge 1 has slot 9, outside the 6 slots"):
+        torch.ops.reann.to_blocks(torch.zeros(2, 3), torch.tensor([0, 9]), 2, 3, True)
+    with pytest.raises(RuntimeError, match="edge 0 has slot -1"):
+        torch.ops.reann.from_blocks(torch.zeros(2, 3, 3), torch.tensor([-1, 2]), False)
+    with pytest.raises(RuntimeError, match="int64 slots"):
+        torch.ops.reann.to_blocks(torch.zeros(2, 3), torch.tensor([0.0, 1.0]), 2, 3, False)
 
 
 @pytest.mark.parametrize(
@@ -144,7 +185,7 @@ def test_kernel_equals_torch_form_with_first_and_second_derivatives(
 
 @pytest.mark.parametrize("l_max, num_gaussians", [(0, 1), (2, 3), (4, 2), (2, 8)])
 def test_kernel_gradcheck_and_gradgradcheck(l_max, num_gaussians):
-    vectors, radial, neighbor, coefficients = neighbor_blocks(
+    vectors, radial, neighbor, coefficients = random_blocks(
         5, 4, num_gaussians, 7, torch.float64, seed=l_max
     )
     module = FusedOrbitalGram(num_gaussians, CartesianMonomials(l_max))
@@ -164,7 +205,7 @@ def test_kernel_gradcheck_and_gradgradcheck(l_max, num_gaussians):
 
 def test_kernel_torch_form_for_other_devices():
     """The torch form FusedOrbitalGram runs off CPU, checked here on CPU blocks."""
-    vectors, radial, neighbor, coefficients = neighbor_blocks(7, 5, 4, 9, torch.float64, seed=5)
+    vectors, radial, neighbor, coefficients = random_blocks(7, 5, 4, 9, torch.float64, seed=5)
     module = FusedOrbitalGram(4, CartesianMonomials(2))
     torch.testing.assert_close(
         module.torch_form(vectors, radial, neighbor, coefficients),
@@ -193,7 +234,7 @@ def test_kernel_empty_blocks():
     """A rank that owns no atoms, and centres without neighbours (zero slots)."""
     module = FusedOrbitalGram(4, CartesianMonomials(2))
     for num_centers, slots in ((0, 5), (3, 0)):
-        vectors, radial, neighbor, coefficients = neighbor_blocks(
+        vectors, radial, neighbor, coefficients = random_blocks(
             num_centers, slots, 4, 6, torch.float64
         )
         vectors.requires_grad_(True)
@@ -205,7 +246,7 @@ def test_kernel_empty_blocks():
 
 
 def test_kernel_refuses_third_derivative():
-    vectors, radial, neighbor, coefficients = neighbor_blocks(4, 3, 2, 4, torch.float64)
+    vectors, radial, neighbor, coefficients = random_blocks(4, 3, 2, 4, torch.float64)
     vectors.requires_grad_(True)
     gram = FusedOrbitalGram(2, CartesianMonomials(1))(vectors, radial, neighbor, coefficients)
     (first,) = torch.autograd.grad(gram.square().sum(), vectors, create_graph=True)
@@ -215,7 +256,7 @@ def test_kernel_refuses_third_derivative():
 
 
 def test_kernel_refuses_bad_inputs():
-    vectors, radial, neighbor, coefficients = neighbor_blocks(4, 3, 2, 4, torch.float64)
+    vectors, radial, neighbor, coefficients = random_blocks(4, 3, 2, 4, torch.float64)
     module = FusedOrbitalGram(2, CartesianMonomials(1))
     with pytest.raises(RuntimeError, match="neighbour index is outside the 4 atoms"):
         module(vectors, radial, neighbor + 4, coefficients)
@@ -332,3 +373,4 @@ def test_density_kernel_choice_without_the_library(tmp_path):
     assert result.returncode != 0
     assert "the density runs on torch operations" in result.stderr
     assert f"{tmp_path / KERNEL_FILE}` is not built" in result.stderr
+

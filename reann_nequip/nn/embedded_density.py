@@ -131,6 +131,49 @@ def to_feature_blocks(
     return blocks.transpose(1, 2).contiguous()
 
 
+def neighbor_blocks(
+    edge_features: torch.Tensor, radial: torch.Tensor, edge_index: torch.Tensor, num_centers: int
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The edges as dense per-centre neighbour blocks (slots of :func:`neighbor_slots`), by torch
+    operations.
+
+    Args:
+        edge_features: [num_edges, F] per-edge geometry (monomials or vectors)
+        radial: [num_edges, K] radial functions
+        edge_index: [2, num_edges] (centre, neighbour); every centre below ``num_centers``
+        num_centers: number of block rows
+
+    Returns:
+        features [num_centers, F, J], radial functions [num_centers, J, K] (zero in padding
+        slots) and the neighbour atom of each slot [num_centers · J] (atom 0 in padding)
+    """
+    slot, max_neighbors = neighbor_slots(edge_index[0], num_centers)
+    neighbors = to_neighbor_blocks(edge_index[1].unsqueeze(1), slot, num_centers, max_neighbors)
+    return (
+        to_feature_blocks(edge_features, slot, num_centers, max_neighbors),
+        to_neighbor_blocks(radial, slot, num_centers, max_neighbors),
+        neighbors.view(-1),
+    )
+
+
+def fused_neighbor_blocks(
+    edge_features: torch.Tensor, radial: torch.Tensor, edge_index: torch.Tensor, num_centers: int
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`neighbor_blocks` by the C++ kernels ``torch.ops.reann.neighbor_slots`` and
+    ``to_blocks`` (CPU tensors, the kernel library loaded): one pass over the edges per tensor,
+    forward and backward, instead of a sort, zero fills, ``index_copy_`` and a transposing
+    copy."""
+    slot, max_neighbors = torch.ops.reann.neighbor_slots(edge_index[0], num_centers)
+    neighbors = torch.ops.reann.to_blocks(
+        edge_index[1].unsqueeze(1), slot, num_centers, max_neighbors, False
+    )
+    return (
+        torch.ops.reann.to_blocks(edge_features, slot, num_centers, max_neighbors, True),
+        torch.ops.reann.to_blocks(radial, slot, num_centers, max_neighbors, False),
+        neighbors.view(-1),
+    )
+
+
 def block_orbitals(
     angular: torch.Tensor, radial: torch.Tensor, neighbor: torch.Tensor, coefficients: torch.Tensor
 ) -> torch.Tensor:
@@ -219,16 +262,21 @@ class OrbitalGram(torch.nn.Module):
         )  # [L_max + 1, P, M]
         return pair_mixing.view(-1, mixing.shape[2])
 
-    def block_geometry(
-        self, vectors: torch.Tensor, slot: torch.Tensor, num_atoms: int, max_neighbors: int
-    ) -> torch.Tensor:
-        """What :meth:`forward` reads of the edge vectors [num_edges, 3] (Å), computed once for
-        all recursion steps: their monomials, computed edge by edge (no work on padding) and
-        placed in the neighbour slots ``slot`` (:func:`neighbor_slots`) → [num_atoms, C, J]."""
+    def neighbor_blocks(
+        self,
+        vectors: torch.Tensor,
+        radial: torch.Tensor,
+        edge_index: torch.Tensor,
+        num_centers: int,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What :meth:`forward` reads, computed once for all recursion steps from the edge
+        vectors [num_edges, 3] (Å), radial functions [num_edges, K] and ``edge_index``: the
+        blocks of :func:`neighbor_blocks`, the geometry being the monomials, computed edge by
+        edge (no work on padding) → [num_centers, C, J]."""
         monomials = cartesian_monomials(
             vectors, self.exponents, self.weights.to(vectors.dtype), self.l_max
         )  # [num_edges, C]
-        return to_feature_blocks(monomials, slot, num_atoms, max_neighbors)
+        return neighbor_blocks(monomials, radial, edge_index, num_centers)
 
     def forward(
         self,
@@ -237,7 +285,7 @@ class OrbitalGram(torch.nn.Module):
         neighbor: torch.Tensor,
         coefficients: torch.Tensor,
     ) -> torch.Tensor:
-        """:meth:`block_geometry` of the neighbour vectors and the other arguments of
+        """The geometry blocks of :meth:`neighbor_blocks` and the other arguments of
         :func:`block_orbitals` → G [num_atoms, (L_max + 1) · P]."""
         return self.gram_of_monomials(geometry, radial, neighbor, coefficients)
 
@@ -273,12 +321,21 @@ class FusedOrbitalGram(OrbitalGram):
     same blocks. The kernel library must be loaded
     (:func:`reann_nequip.nn.kernels.load_kernels`) before scripting or calling it."""
 
-    def block_geometry(
-        self, vectors: torch.Tensor, slot: torch.Tensor, num_atoms: int, max_neighbors: int
-    ) -> torch.Tensor:
-        """The edge vectors themselves in the neighbour slots, [num_atoms, 3, J] (zero in
-        padding slots): the kernel forms the monomials."""
-        return to_feature_blocks(vectors, slot, num_atoms, max_neighbors)
+    def neighbor_blocks(
+        self,
+        vectors: torch.Tensor,
+        radial: torch.Tensor,
+        edge_index: torch.Tensor,
+        num_centers: int,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As :meth:`OrbitalGram.neighbor_blocks`, but the geometry is the edge vectors
+        themselves, [num_centers, 3, J] (zero in padding slots): the kernel forms the
+        monomials. Placed by the kernels (:func:`fused_neighbor_blocks`) on CPU."""
+        if vectors.device.type != "cpu":
+            return neighbor_blocks(vectors, radial, edge_index, num_centers)
+        if not torch.jit.is_scripting():
+            load_kernels()
+        return fused_neighbor_blocks(vectors, radial, edge_index, num_centers)
 
     def forward(
         self,

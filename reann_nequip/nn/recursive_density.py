@@ -16,8 +16,6 @@ from .embedded_density import (
     OrbitalGram,
     direct_embedded_density,
     edge_orbitals,
-    neighbor_slots,
-    to_neighbor_blocks,
 )
 from .graph_capture import capturing_graph
 from .kernels import kernels_available, load_kernels
@@ -141,19 +139,12 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
         self, data: AtomicDataDict.Type, num_centers: int
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The edges as dense per-centre neighbour blocks, shared by all recursion steps: the
-        slot geometry of :meth:`OrbitalGram.block_geometry` (monomials [num_centers, C,
+        slot geometry of :meth:`OrbitalGram.neighbor_blocks` (monomials [num_centers, C,
         max_neighbors], or the edge vectors [num_centers, 3, max_neighbors] in Å for the fused
         kernel), radial functions [num_centers, max_neighbors, K] and the neighbour atom of each
         slot [num_centers · max_neighbors]. Every edge centre must be below ``num_centers``."""
         vectors, radial, edge_index = self._edge_vectors(data)
-        slot, max_neighbors = neighbor_slots(edge_index[0], num_centers)
-        radial = to_neighbor_blocks(radial, slot, num_centers, max_neighbors)
-        # padding slots point at atom 0 and hold zero vectors; their radial functions are zero
-        neighbor_blocks = to_neighbor_blocks(
-            edge_index[1].unsqueeze(1), slot, num_centers, max_neighbors
-        ).view(-1)
-        geometry = self.orbital_gram.block_geometry(vectors, slot, num_centers, max_neighbors)
-        return geometry, radial, neighbor_blocks
+        return self.orbital_gram.neighbor_blocks(vectors, radial, edge_index, num_centers)
 
     def edge_geometry(
         self, data: AtomicDataDict.Type

@@ -374,3 +374,44 @@ def test_density_kernel_choice_without_the_library(tmp_path):
     assert "the density runs on torch operations" in result.stderr
     assert f"{tmp_path / KERNEL_FILE}` is not built" in result.stderr
 
+
+def test_edge_vectors_and_forces_equal_torch_forms():
+    """``reann::edge_vectors`` and ``reann::edge_forces``, the ends of a deployed energy
+    model's call: r = x_j − x_i + s in float64 and rounded to the model dtype; forces from
+    the scatter of ∂E/∂r onto both atoms of each edge; the symmetrised virial −Σ r ⊗ ∂E/∂r."""
+    generator = torch.Generator().manual_seed(4)
+    pos = 3.0 * torch.randn(9, 3, generator=generator, dtype=torch.float64)
+    edge_index = torch.randint(0, 9, (2, 40), generator=generator)
+    shift = torch.randn(40, 3, generator=generator, dtype=torch.float64)
+    expected = pos[edge_index[1]] - pos[edge_index[0]] + shift
+    for dtype in (torch.float32, torch.float64):
+        exact, vectors = torch.ops.reann.edge_vectors(pos, edge_index, shift, dtype)
+        assert exact.dtype == torch.float64 and vectors.dtype == dtype
+        torch.testing.assert_close(exact, expected, rtol=0, atol=0)
+        torch.testing.assert_close(vectors, expected.to(dtype), rtol=0, atol=0)
+
+        gradient = torch.randn(40, 3, generator=generator, dtype=torch.float64).to(dtype)
+        forces, virial = torch.ops.reann.edge_forces(gradient, edge_index, exact, 11)
+        g = gradient.to(torch.float64)
+        expected_forces = torch.zeros(11, 3, dtype=torch.float64)
+        expected_forces.index_add_(0, edge_index[0], g).index_add_(0, edge_index[1], -g)
+        expected_virial = -exact.T @ g
+        expected_virial = 0.5 * (expected_virial + expected_virial.T)
+        torch.testing.assert_close(forces, expected_forces, rtol=0, atol=1e-13)
+        torch.testing.assert_close(virial, expected_virial, rtol=0, atol=1e-12)
+
+
+def test_edge_vectors_and_forces_refuse_bad_inputs():
+    pos = torch.zeros(4, 3, dtype=torch.float64)
+    edge_index = torch.tensor([[0, 1], [1, 4]])
+    shift = torch.zeros(2, 3, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="edge 1 has neighbour 4, outside the 4 atoms"):
+        torch.ops.reann.edge_vectors(pos, edge_index, shift, torch.float32)
+    with pytest.raises(RuntimeError, match="float64 CPU positions"):
+        torch.ops.reann.edge_vectors(pos.float(), edge_index.clamp(max=3), shift, torch.float32)
+    with pytest.raises(RuntimeError, match=r"float64 CPU shifts \[E = 2, 3\]"):
+        torch.ops.reann.edge_vectors(pos, edge_index.clamp(max=3), shift[:1], torch.float32)
+    with pytest.raises(RuntimeError, match="edge 0 has centre -1"):
+        torch.ops.reann.edge_forces(shift, torch.tensor([[-1, 0], [1, 2]]), shift, 4)
+    with pytest.raises(RuntimeError, match="edge gradients and float64 edge vectors"):
+        torch.ops.reann.edge_forces(shift[:1], edge_index.clamp(max=3), shift, 4)

@@ -27,7 +27,7 @@ using namespace LAMMPS_NS;
 using reann::TensorBlockCache;
 
 // the deployed-file layout this pair style reads (reann_nequip.deploy.build.DEPLOY_FORMAT)
-static const char *const DEPLOY_FORMAT = "3";
+static const char *const DEPLOY_FORMAT = "4";
 // two atoms closer than this (Å) mean a broken structure, not physics
 static constexpr double MIN_DISTANCE = 0.1;
 static const char *const SYNTAX =

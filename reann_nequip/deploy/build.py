@@ -12,8 +12,9 @@ from ..nn.kernels import load_kernels
 from .deployed_model import EXCHANGE_METHODS, DeployedEnergyModel, DeployedTensorModel
 
 # the layout of the deployed file; pair_reann refuses files of another format
-# (2: energy models call the torch.ops.reann density kernel; 3: and its radial-function kernel)
-DEPLOY_FORMAT = "3"
+# (2: energy models call the torch.ops.reann density kernel; 3: and its radial-function kernel;
+# 4: and the neighbour-block and edge-geometry kernels)
+DEPLOY_FORMAT = "4"
 # every metadata entry is a plain-text extra file of the TorchScript archive
 METADATA_KEYS = (
     "deploy_format",

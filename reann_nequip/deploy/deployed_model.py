@@ -83,14 +83,10 @@ class DeployedEnergyModel(torch.nn.Module):
         """
         # the edge vectors r_ij = x_j − x_i + s_ij, in the model dtype, are the leaves: forces
         # and virial both follow from g_ij = ∂E/∂r_ij, F = −∂E/∂x and the virial −Σ r ⊗ g
-        # (symmetrised, with r in float64) = −∂E/∂ε. No-grad blocks rather than detach(): the
-        # deployed file is frozen, and freezing drops detach()
-        with torch.no_grad():
-            exact_vectors = torch.index_select(pos, 0, edge_index[1]) - torch.index_select(
-                pos, 0, edge_index[0]
-            )
-            exact_vectors = exact_vectors + shift
-            vectors = exact_vectors.to(self.model_dtype)
+        # (symmetrised, with r in float64) = −∂E/∂ε. The kernels run outside the graph
+        exact_vectors, vectors = torch.ops.reann.edge_vectors(
+            pos, edge_index, shift, self.model_dtype
+        )
         vectors.requires_grad_(True)
         data: AtomicDataDict.Type = {
             AtomicDataDict.POSITIONS_KEY: pos,
@@ -105,17 +101,14 @@ class DeployedEnergyModel(torch.nn.Module):
             [local_energy], [vectors], allow_unused=True
         )
         edge_gradient = gradients[0]
+        # no edge reaches the energy when no atom has a neighbour
+        if edge_gradient is None:
+            edge_gradient = torch.zeros_like(vectors)
+        forces, virial = torch.ops.reann.edge_forces(
+            edge_gradient, edge_index, exact_vectors, pos.shape[0]
+        )
         with torch.no_grad():
             energies = atomic_energy.clone()
-            forces = torch.zeros_like(pos)
-            virial = torch.zeros((3, 3), dtype=pos.dtype, device=pos.device)
-            # no edge reaches the energy when no atom has a neighbour
-            if edge_gradient is not None:
-                edge_gradient = edge_gradient.to(pos.dtype)
-                forces.index_add_(0, edge_index[0], edge_gradient)
-                forces.index_add_(0, edge_index[1], -edge_gradient)
-                virial = -torch.mm(exact_vectors.transpose(0, 1), edge_gradient)
-                virial = 0.5 * (virial + virial.transpose(0, 1))
         return energies, forces, virial
 
     # === stages for the coefficient exchange: edges are centred on local atoms 0..num_local−1 ===

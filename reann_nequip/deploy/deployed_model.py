@@ -146,11 +146,11 @@ class DeployedEnergyModel(torch.nn.Module):
         """c⁽ᵗ⁺¹⁾ [num_local, K] of the local atoms (the block rows) from c⁽ᵗ⁾ [N, K] of local and
         ghost atoms."""
         num_local = geometry.shape[0]
-        density = self.energy_model.density.density_at_step(
+        features, mixing = self.energy_model.density.linear_density_at_step(
             step, geometry, radial, neighbor_blocks, coefficients
         )
         return self.energy_model.density.update_at_step(
-            step, coefficients[:num_local], density, atom_types[:num_local]
+            step, coefficients[:num_local], features, atom_types[:num_local], mixing
         )
 
     @torch.jit.export

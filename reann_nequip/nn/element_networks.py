@@ -49,9 +49,16 @@ class ElementLinear(torch.nn.Module):
         self.weight = torch.nn.Parameter(weight)  # [num_types, in, out]
         self.bias = torch.nn.Parameter(initial_bias)  # [num_types, out]
 
-    def forward(self, x: torch.Tensor, element: int) -> torch.Tensor:
-        """``x``: [num_atoms, in] of atoms of one ``element`` → [num_atoms, out]."""
-        return torch.addmm(self.bias[element], x, self.weight[element])
+    def forward(
+        self, x: torch.Tensor, element: int, input_mixing: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """``x``: [num_atoms, in] of atoms of one ``element`` → [num_atoms, out]; or, with
+        ``input_mixing`` Q [F, in], ``x`` [num_atoms, F] whose product x Q is the input, taken
+        as x (Q W) + b so that x Q is never formed."""
+        weight = self.weight[element]
+        if input_mixing is not None:
+            weight = torch.mm(input_mixing, weight)
+        return torch.addmm(self.bias[element], x, weight)
 
 
 class ElementLayerNorm(torch.nn.Module):
@@ -194,24 +201,35 @@ class ElementNetworks(torch.nn.Module):
             num_types, hidden[0], out_features, zero_weight=True, bias=0.0
         )
 
-    def forward(self, x: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:
-        """``x``: [num_atoms, in_features]; ``atom_types``: [num_atoms] → [num_atoms, out]."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        atom_types: torch.Tensor,
+        input_mixing: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """``x``: [num_atoms, in_features]; ``atom_types``: [num_atoms] → [num_atoms, out].
+
+        A linear map of the input can be folded into the input layer: with ``input_mixing`` Q
+        [F, in_features], ``x`` is [num_atoms, F] and the networks read x Q."""
         out = torch.zeros(x.shape[0], self.out_features, dtype=x.dtype, device=x.device)
         if capturing_graph():
             # static shapes: every atom through every element's network, its own one kept
             for element in range(self.num_types):
                 own = (atom_types == element).unsqueeze(-1)  # [num_atoms, 1]
-                out = torch.where(own, self.element_forward(x, element), out)
+                out = torch.where(own, self.element_forward(x, element, input_mixing), out)
             return out
         for element in range(self.num_types):
             atoms = torch.nonzero(atom_types == element).view(-1)
-            y = self.element_forward(torch.index_select(x, 0, atoms), element)
+            y = self.element_forward(torch.index_select(x, 0, atoms), element, input_mixing)
             out = torch.index_copy(out, 0, atoms, y)
         return out
 
-    def element_forward(self, x: torch.Tensor, element: int) -> torch.Tensor:
-        """``x``: [num_atoms, in_features] of atoms of one ``element`` → [num_atoms, out]."""
-        x = self.input_linear(x, element)
+    def element_forward(
+        self, x: torch.Tensor, element: int, input_mixing: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """``x``: [num_atoms, in_features] (or [num_atoms, F] with ``input_mixing`` [F,
+        in_features], see :meth:`forward`) of atoms of one ``element`` → [num_atoms, out]."""
+        x = self.input_linear(x, element, input_mixing)
         for block in self.blocks:
             x = block(x, element)
         x = self.output_activation(x, element)

@@ -3,7 +3,7 @@
 import functools
 import logging
 import math
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from nequip.data import AtomicDataDict
@@ -37,10 +37,16 @@ class OrbitalCoefficientUpdate(torch.nn.Module):
         self.network = ElementNetworks(num_types, num_orbitals, num_gaussians, **network)
 
     def forward(
-        self, coefficients: torch.Tensor, density: torch.Tensor, atom_types: torch.Tensor
+        self,
+        coefficients: torch.Tensor,
+        density: torch.Tensor,
+        atom_types: torch.Tensor,
+        mixing: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """[num_atoms, K], [num_atoms, M], [num_atoms] → [num_atoms, K]."""
-        return coefficients + self.network(density, atom_types)
+        """[num_atoms, K], [num_atoms, M], [num_atoms] → [num_atoms, K]; or the density as a
+        product, ``density`` G [num_atoms, F] and ``mixing`` Q [F, M] with ρ = G Q (folded into
+        the networks' input layer)."""
+        return coefficients + self.network(density, atom_types, mixing)
 
 
 class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
@@ -182,21 +188,45 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
         neighbour blocks of :meth:`geometry` (``neighbors`` [num_centers · max_neighbors]) or
         the edges of :meth:`edge_geometry` (``neighbors`` = ``edge_index`` [2, num_edges],
         centres = all atoms)."""
+        features, mixing = self.linear_density_at_step(
+            step, geometry, radial, neighbors, coefficients
+        )
+        return features if mixing is None else torch.mm(features, mixing)
+
+    def linear_density_at_step(
+        self,
+        step: int,
+        geometry: torch.Tensor,
+        radial: torch.Tensor,
+        neighbors: torch.Tensor,
+        coefficients: torch.Tensor,
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """:meth:`density_at_step` as a product ρ⁽ᵗ⁾ = G Q on neighbour blocks: the Gram
+        matrices G [num_centers, (L_max + 1) · P] and the pair mixing Q [(L_max + 1) · P, M],
+        which the update networks fold into their input layer (ρ is never formed there; the
+        [num_centers, P] × [P, M] product is ~15 % of a step). On edges: ρ and ``None``."""
         if neighbors.dim() == 1:
             gram = self.orbital_gram(geometry, radial, neighbors, coefficients)
-            return torch.mm(gram, self.orbital_gram.pair_mixing(self._mixing_for_step(step)))
+            return gram, self.orbital_gram.pair_mixing(self._mixing_for_step(step))
         orbitals = edge_orbitals(geometry, radial, neighbors, coefficients, coefficients.shape[0])
-        return direct_embedded_density(
+        density = direct_embedded_density(
             orbitals, torch.index_select(self._mixing_for_step(step), 0, self.monomials.order)
         )
+        return density, None
 
     def update_at_step(
-        self, step: int, coefficients: torch.Tensor, density: torch.Tensor, atom_types: torch.Tensor
+        self,
+        step: int,
+        coefficients: torch.Tensor,
+        density: torch.Tensor,
+        atom_types: torch.Tensor,
+        mixing: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """c⁽ᵗ⁺¹⁾ [num_centers, K] from c⁽ᵗ⁾ and ρ⁽ᵗ⁾ of the same atoms."""
+        """c⁽ᵗ⁺¹⁾ [num_centers, K] from c⁽ᵗ⁾ and ρ⁽ᵗ⁾ of the same atoms (or ρ⁽ᵗ⁾ as the product
+        ``density`` · ``mixing`` of :meth:`linear_density_at_step`)."""
         for index, update in enumerate(self.updates):
             if index == step:
-                return update(coefficients, density, atom_types)
+                return update(coefficients, density, atom_types, mixing)
         raise RuntimeError(f"no coefficient update for step {step}")
 
     def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
@@ -209,8 +239,10 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
         coefficients = self.initial_coefficients_of(atom_types)
         step = 0
         for update in self.updates:
-            density = self.density_at_step(step, geometry, radial, neighbors, coefficients)
-            coefficients = update(coefficients, density, atom_types)
+            features, mixing = self.linear_density_at_step(
+                step, geometry, radial, neighbors, coefficients
+            )
+            coefficients = update(coefficients, features, atom_types, mixing)
             step += 1
         data[AtomicDataDict.NODE_FEATURES_KEY] = self.density_at_step(
             step, geometry, radial, neighbors, coefficients

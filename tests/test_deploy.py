@@ -74,7 +74,7 @@ def test_deployed_file_equals_model_energies_forces_virial(tmp_path, model_dtype
     # the deployed file runs the C++ kernels, also for a model trained with torch operations,
     # which is left as it is; frozen, its graph holds them inline
     graph = str(deployed.inlined_graph)
-    assert "reann::orbital_gram" in graph and "reann::species_gaussians" in graph
+    assert "reann::orbital_gram" in graph and "reann::radial_functions" in graph
     assert type(model.model.func.density.orbital_gram) is OrbitalGram
     assert type(model.model.func.radial_basis.gaussians) is SpeciesGaussians
     data = model_input(triclinic_frame(), TYPE_NAMES, R_MAX)

@@ -1,6 +1,6 @@
 """The C++ kernels equal the torch forms: ``reann::orbital_gram`` and the neighbour-block
 placement (``neighbor_slots``, ``to_blocks``, ``from_blocks``) with first and second
-derivatives, ``reann::species_gaussians`` with first derivatives."""
+derivatives, ``reann::radial_functions`` with first derivatives."""
 
 import pathlib
 import subprocess
@@ -12,11 +12,7 @@ import torch
 from reann_nequip.integrations.lammps import KERNEL_FILE, plugin_directory
 from reann_nequip.nn import CartesianMonomials, FusedOrbitalGram, OrbitalGram
 from reann_nequip.nn.embedded_density import fused_neighbor_blocks, neighbor_blocks
-from reann_nequip.nn.radial_basis import (
-    FusedSpeciesGaussians,
-    species_gaussians,
-    squared_cosine_cutoff,
-)
+from reann_nequip.nn.radial_basis import FusedSpeciesGaussians, SpeciesGaussians
 
 pytestmark = pytest.mark.skipif(
     not (pathlib.Path(plugin_directory()) / KERNEL_FILE).exists(),
@@ -267,9 +263,9 @@ def test_kernel_refuses_bad_inputs():
 
 
 def gaussian_inputs(num_edges, num_types, num_gaussians, dtype, seed=0):
-    """Lengths [E, 1] in 0 … 6 Å (some beyond a 5 Å cutoff), their cutoff values [E, 1],
-    neighbour species [E], centres and negative exponents [num_types, K], all but the species
-    requiring gradients."""
+    """Lengths [E, 1] in 0 … 6 Å (some beyond a 5 Å cutoff), the lengths over the cutoff
+    [E, 1], neighbour species [E], centres and negative exponents [num_types, K], all but the
+    species requiring gradients."""
     generator = torch.Generator().manual_seed(seed)
     length = (6.0 * torch.rand(num_edges, 1, generator=generator, dtype=dtype)).requires_grad_()
     species = torch.randint(0, num_types, (num_edges,), generator=generator)
@@ -277,7 +273,7 @@ def gaussian_inputs(num_edges, num_types, num_gaussians, dtype, seed=0):
     exponents = -0.2 - torch.rand(num_types, num_gaussians, generator=generator, dtype=dtype)
     return (
         length,
-        squared_cosine_cutoff(length / 5.0),
+        length / 5.0,
         species,
         centers.requires_grad_(),
         exponents.requires_grad_(),
@@ -287,16 +283,18 @@ def gaussian_inputs(num_edges, num_types, num_gaussians, dtype, seed=0):
 @pytest.mark.parametrize(
     "num_gaussians, dtype, rtol", [(8, torch.float64, 1e-13), (5, torch.float32, 1e-5)]
 )
-def test_species_gaussians_equal_torch_form_with_first_derivatives(num_gaussians, dtype, rtol):
-    """Values and gradients in lengths, centres and exponents; 2,000 edges over two threads
-    (per-thread sums of the species' gradients)."""
-    length, cutoff, species, centers, exponents = gaussian_inputs(2000, 3, num_gaussians, dtype)
+def test_radial_functions_equal_torch_form_with_first_derivatives(num_gaussians, dtype, rtol):
+    """Values and gradients in lengths (through the Gaussians and the cutoff), centres and
+    exponents; 2,000 edges over two threads (per-thread sums of the species' gradients)."""
+    length, norm_length, species, centers, exponents = gaussian_inputs(
+        2000, 3, num_gaussians, dtype
+    )
     threads = torch.get_num_threads()
     results = {}
     try:
         torch.set_num_threads(2)
-        for name, form in (("torch", species_gaussians), ("fused", FusedSpeciesGaussians())):
-            radial = form(length, cutoff, species, centers, exponents)
+        for name, form in (("torch", SpeciesGaussians()), ("fused", FusedSpeciesGaussians())):
+            radial = form(length, norm_length, species, centers, exponents)
             weights = torch.linspace(-1.0, 1.0, radial.numel(), dtype=dtype).view_as(radial)
             gradients = torch.autograd.grad(
                 (radial * weights).sum(), (length, centers, exponents), retain_graph=True
@@ -311,30 +309,32 @@ def test_species_gaussians_equal_torch_form_with_first_derivatives(num_gaussians
     assert bool((results["fused"][0][length.detach().view(-1) >= 5.0] == 0).all())
 
 
-def test_species_gaussians_gradcheck():
-    length, cutoff, species, centers, exponents = gaussian_inputs(30, 2, 3, torch.float64, seed=1)
-    cutoff = cutoff.detach().requires_grad_()
+def test_radial_functions_gradcheck():
+    length, norm_length, species, centers, exponents = gaussian_inputs(
+        30, 2, 3, torch.float64, seed=1
+    )
+    norm_length = norm_length.detach().requires_grad_()
     module = FusedSpeciesGaussians()
 
-    def radial(d, f, mu, alpha):
-        return module(d, f, species, mu, alpha)
+    def radial(d, x, mu, alpha):
+        return module(d, x, species, mu, alpha)
 
-    assert torch.autograd.gradcheck(radial, (length, cutoff, centers, exponents))
+    assert torch.autograd.gradcheck(radial, (length, norm_length, centers, exponents))
 
 
-def test_species_gaussians_refuse_bad_inputs_and_second_derivatives():
-    length, cutoff, species, centers, exponents = gaussian_inputs(6, 2, 3, torch.float64)
+def test_radial_functions_refuse_bad_inputs_and_second_derivatives():
+    length, norm_length, species, centers, exponents = gaussian_inputs(6, 2, 3, torch.float64)
     module = FusedSpeciesGaussians()
     with pytest.raises(RuntimeError, match="species index is outside the 2 rows"):
-        module(length, cutoff, species + 2, centers, exponents)
+        module(length, norm_length, species + 2, centers, exponents)
     with pytest.raises(RuntimeError, match="one floating dtype"):
-        module(length, cutoff, species, centers.float(), exponents)
-    with pytest.raises(RuntimeError, match=r"expected length, cutoff and species \[E\]"):
-        module(length, cutoff[:3], species, centers, exponents)
-    radial = module(length, cutoff, species, centers, exponents)
+        module(length, norm_length, species, centers.float(), exponents)
+    with pytest.raises(RuntimeError, match=r"expected length, norm_length and species \[E\]"):
+        module(length, norm_length[:3], species, centers, exponents)
+    radial = module(length, norm_length, species, centers, exponents)
     with pytest.raises(RuntimeError, match="no second derivative"):
         torch.autograd.grad(radial.sum(), length, create_graph=True)
-    empty = module(length[:0], cutoff[:0], species[:0], centers, exponents)
+    empty = module(length[:0], norm_length[:0], species[:0], centers, exponents)
     assert empty.shape == (0, 3)
 
 

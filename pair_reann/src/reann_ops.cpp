@@ -1,7 +1,7 @@
 /* torch.ops.reann: fused CPU kernels of REANN's embedded density.
 
    reann::orbital_gram(vectors, radial, neighbor, coefficients, exponents, weights) -> gram
-   reann::species_gaussians(length, cutoff, species, centers, exponents) -> radial
+   reann::radial_functions(length, norm_length, species, centers, exponents) -> radial
 
    For every centre i, from its dense neighbour block (J slots; padding slots have zero vectors
    and zero radial functions), the weighted Cartesian monomials, the orbitals and their Gram
@@ -18,11 +18,11 @@
    inputs, and so is its own backward pass (force training differentiates forces once more);
    the forward pass keeps only its inputs and b [N, C, K]. Third derivatives are refused.
 
-   species_gaussians: the radial functions of every edge e in one pass,
+   radial_functions: the radial functions of every edge e in one pass,
 
-       R_ek = f_e exp(alpha_(s_e)k (d_e - mu_(s_e)k)^2)
+       R_ek = f(x_e) exp(alpha_(s_e)k (d_e - mu_(s_e)k)^2),   f(x) = (cos(pi x) / 2 + 1/2)^2 (x < 1)
 
-   (f the cutoff, d the length, s the neighbour's species), as
+   (d the length, x = d / r_c, f the cutoff, s the neighbour's species), as
    reann_nequip.nn.radial_basis.SpeciesGaussianBasis computes them with a dozen [E, K] torch
    operations and as many more in the backward pass. First derivatives only (deployed models).
 
@@ -944,18 +944,68 @@ template <> void exp_in_place<double>(double *x, int64_t n)
 }
 #endif
 
+// c[i] = cos(x[i]), s[i] = sin(x[i]), i < n
+template <typename T> void sincos(const T *x, int64_t n, T *s, T *c)
+{
+  for (int64_t i = 0; i < n; ++i) {
+    s[i] = std::sin(x[i]);
+    c[i] = std::cos(x[i]);
+  }
+}
+
+#if defined(__AVX2__)
+template <> void sincos<float>(const float *x, int64_t n, float *s, float *c)
+{
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const Sleef___m256_2 sc = Sleef_sincosf8_u10(_mm256_loadu_ps(x + i));
+    _mm256_storeu_ps(s + i, sc.x);
+    _mm256_storeu_ps(c + i, sc.y);
+  }
+  for (; i < n; ++i) {
+    s[i] = std::sin(x[i]);
+    c[i] = std::cos(x[i]);
+  }
+}
+
+template <> void sincos<double>(const double *x, int64_t n, double *s, double *c)
+{
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const Sleef___m256d_2 sc = Sleef_sincosd4_u10(_mm256_loadu_pd(x + i));
+    _mm256_storeu_pd(s + i, sc.x);
+    _mm256_storeu_pd(c + i, sc.y);
+  }
+  for (; i < n; ++i) {
+    s[i] = std::sin(x[i]);
+    c[i] = std::cos(x[i]);
+  }
+}
+#endif
+
 // edges per pass of the Gaussians: their [edges, K] rows stay in cache between the passes
 constexpr int64_t GAUSSIAN_EDGES = 256;
 
-// gaussians[e, k] = exp(alpha_(s_e)k (d_e - mu_(s_e)k)^2), radial = cutoff_e gaussians
+// The cutoff f_e = (cos(pi x_e) / 2 + 1/2)^2 of x_e = d_e / r_c (0 from x_e = 1 on) and its slope
+// df_e/dx_e; gaussians[e, k] = exp(alpha_(s_e)k (d_e - mu_(s_e)k)^2), radial = f_e gaussians
 template <typename T>
-void gaussians_forward(const T *length, const T *cutoff, const int64_t *species,
+void gaussians_forward(const T *length, const T *norm_length, const int64_t *species,
                        const T *centers, const T *exponents, int64_t edges, int64_t K,
-                       T *gaussians, T *radial)
+                       T *gaussians, T *radial, T *cutoff, T *cutoff_slope)
 {
+  const T pi = T(M_PI);
   at::parallel_for(0, edges, GAUSSIAN_EDGES, [&](int64_t begin, int64_t end) {
+    T angle[GAUSSIAN_EDGES], sine[GAUSSIAN_EDGES], cosine[GAUSSIAN_EDGES];
     for (int64_t first = begin; first < end; first += GAUSSIAN_EDGES) {
-      const int64_t last = std::min(end, first + GAUSSIAN_EDGES);
+      const int64_t last = std::min(end, first + GAUSSIAN_EDGES), count = last - first;
+      for (int64_t e = first; e < last; ++e) angle[e - first] = pi * norm_length[e];
+      sincos(angle, count, sine, cosine);
+      for (int64_t e = first; e < last; ++e) {
+        const T half = T(0.5) * cosine[e - first] + T(0.5);
+        const bool inside = norm_length[e] < T(1);
+        cutoff[e] = inside ? half * half : T(0);
+        cutoff_slope[e] = inside ? -pi * half * sine[e - first] : T(0);
+      }
       for (int64_t e = first; e < last; ++e) {
         const T *mu = centers + species[e] * K, *alpha = exponents + species[e] * K;
         T *g = gaussians + e * K;
@@ -964,20 +1014,21 @@ void gaussians_forward(const T *length, const T *cutoff, const int64_t *species,
           g[k] = alpha[k] * u * u;
         }
       }
-      exp_in_place(gaussians + first * K, (last - first) * K);
+      exp_in_place(gaussians + first * K, count * K);
       for (int64_t e = first; e < last; ++e)
         for (int64_t k = 0; k < K; ++k) radial[e * K + k] = cutoff[e] * gaussians[e * K + k];
     }
   });
 }
 
-// From dL/dradial: dL/dd_e, dL/df_e and, when asked for (non-null), dL/dmu and dL/dalpha
-// summed per thread into [threads, species, K]
+// From dL/dradial: dL/dd_e, dL/dx_e (through the cutoff) and, when asked for (non-null),
+// dL/dmu and dL/dalpha summed per thread into [threads, species, K]
 template <typename T>
-void gaussians_backward(const T *grad, const T *length, const T *cutoff, const int64_t *species,
-                        const T *centers, const T *exponents, const T *gaussians, int64_t edges,
-                        int64_t K, int64_t num_species, T *grad_length, T *grad_cutoff,
-                        T *grad_centers_per_thread, T *grad_exponents_per_thread)
+void gaussians_backward(const T *grad, const T *length, const T *cutoff, const T *cutoff_slope,
+                        const int64_t *species, const T *centers, const T *exponents,
+                        const T *gaussians, int64_t edges, int64_t K, int64_t num_species,
+                        T *grad_length, T *grad_norm_length, T *grad_centers_per_thread,
+                        T *grad_exponents_per_thread)
 {
   at::parallel_for(0, edges, GAUSSIAN_EDGES, [&](int64_t begin, int64_t end) {
     const int64_t offset = at::get_thread_num() * num_species * K;
@@ -998,88 +1049,94 @@ void gaussians_backward(const T *grad, const T *length, const T *cutoff, const i
         if (grad_alpha) grad_alpha[row + k] += cutoff[e] * weighted * u * u;
       }
       grad_length[e] = d_length;
-      grad_cutoff[e] = d_cutoff;
+      grad_norm_length[e] = d_cutoff * cutoff_slope[e];
     }
   });
 }
 
-class SpeciesGaussians : public torch::autograd::Function<SpeciesGaussians> {
+class RadialFunctions : public torch::autograd::Function<RadialFunctions> {
  public:
-  static Tensor forward(AutogradContext *ctx, Tensor length, Tensor cutoff, Tensor species,
-                        Tensor centers, Tensor exponents)
+  static Tensor forward(AutogradContext *ctx, Tensor length, Tensor norm_length,
+                        Tensor species, Tensor centers, Tensor exponents)
   {
-    TORCH_CHECK(length.dim() == 1 && cutoff.sizes() == length.sizes() &&
+    TORCH_CHECK(length.dim() == 1 && norm_length.sizes() == length.sizes() &&
                     species.sizes() == length.sizes() && centers.dim() == 2 &&
                     exponents.sizes() == centers.sizes(),
-                "reann::species_gaussians: expected length, cutoff and species [E] and centers, "
-                "exponents [species, K]; got ",
-                length.sizes(), ", ", cutoff.sizes(), ", ", species.sizes(), ", ",
+                "reann::radial_functions: expected length, norm_length and species [E] and "
+                "centers, exponents [species, K]; got ",
+                length.sizes(), ", ", norm_length.sizes(), ", ", species.sizes(), ", ",
                 centers.sizes(), ", ", exponents.sizes());
     TORCH_CHECK(species.scalar_type() == torch::kInt64 &&
-                    cutoff.scalar_type() == length.scalar_type() &&
+                    norm_length.scalar_type() == length.scalar_type() &&
                     centers.scalar_type() == length.scalar_type() &&
                     exponents.scalar_type() == length.scalar_type(),
-                "reann::species_gaussians: int64 species and one floating dtype for the rest");
-    for (const Tensor *t : {&length, &cutoff, &species, &centers, &exponents})
-      TORCH_CHECK(t->device().is_cpu(), "reann::species_gaussians runs on CPU tensors only");
+                "reann::radial_functions: int64 species and one floating dtype for the rest");
+    for (const Tensor *t : {&length, &norm_length, &species, &centers, &exponents})
+      TORCH_CHECK(t->device().is_cpu(), "reann::radial_functions runs on CPU tensors only");
     const int64_t num_species = centers.size(0);
     if (species.numel() > 0)
       TORCH_CHECK(species.min().item<int64_t>() >= 0 &&
                       species.max().item<int64_t>() < num_species,
-                  "reann::species_gaussians: a species index is outside the ", num_species,
+                  "reann::radial_functions: a species index is outside the ", num_species,
                   " rows of centers");
     length = length.contiguous();
-    cutoff = cutoff.contiguous();
+    norm_length = norm_length.contiguous();
     species = species.contiguous();
     centers = centers.contiguous();
     exponents = exponents.contiguous();
     const int64_t edges = length.size(0), K = centers.size(1);
     Tensor gaussians = torch::empty({edges, K}, length.options());
     Tensor radial = torch::empty({edges, K}, length.options());
-    AT_DISPATCH_FLOATING_TYPES(length.scalar_type(), "reann::species_gaussians", [&] {
-      gaussians_forward<scalar_t>(length.data_ptr<scalar_t>(), cutoff.data_ptr<scalar_t>(),
-                                  species.data_ptr<int64_t>(), centers.data_ptr<scalar_t>(),
-                                  exponents.data_ptr<scalar_t>(), edges, K,
-                                  gaussians.data_ptr<scalar_t>(), radial.data_ptr<scalar_t>());
+    Tensor cutoff = torch::empty({edges}, length.options());
+    Tensor cutoff_slope = torch::empty({edges}, length.options());
+    AT_DISPATCH_FLOATING_TYPES(length.scalar_type(), "reann::radial_functions", [&] {
+      gaussians_forward<scalar_t>(
+          length.data_ptr<scalar_t>(), norm_length.data_ptr<scalar_t>(),
+          species.data_ptr<int64_t>(), centers.data_ptr<scalar_t>(),
+          exponents.data_ptr<scalar_t>(), edges, K, gaussians.data_ptr<scalar_t>(),
+          radial.data_ptr<scalar_t>(), cutoff.data_ptr<scalar_t>(),
+          cutoff_slope.data_ptr<scalar_t>());
     });
-    ctx->save_for_backward({length, cutoff, species, centers, exponents, gaussians});
+    ctx->save_for_backward(
+        {length, cutoff, cutoff_slope, species, centers, exponents, gaussians});
     return radial;
   }
 
   static variable_list backward(AutogradContext *ctx, variable_list grad_outputs)
   {
     TORCH_CHECK(!torch::GradMode::is_enabled(),
-                "reann::species_gaussians has no second derivative (a backward pass with "
+                "reann::radial_functions has no second derivative (a backward pass with "
                 "create_graph=True); training runs the radial functions in torch");
     const variable_list saved = ctx->get_saved_variables();
-    const Tensor &length = saved[0], &cutoff = saved[1], &species = saved[2];
-    const Tensor &centers = saved[3], &exponents = saved[4], &gaussians = saved[5];
+    const Tensor &length = saved[0], &cutoff = saved[1], &cutoff_slope = saved[2];
+    const Tensor &species = saved[3], &centers = saved[4], &exponents = saved[5];
+    const Tensor &gaussians = saved[6];
     const Tensor grad = grad_outputs[0].contiguous();
     const int64_t edges = length.size(0), num_species = centers.size(0), K = centers.size(1);
-    Tensor grad_length = torch::empty_like(length), grad_cutoff = torch::empty_like(cutoff);
+    Tensor grad_length = torch::empty_like(length), grad_norm_length = torch::empty_like(length);
     Tensor grad_centers, grad_exponents;
     if (ctx->needs_input_grad(3))
       grad_centers = torch::zeros({at::get_num_threads(), num_species, K}, centers.options());
     if (ctx->needs_input_grad(4))
       grad_exponents = torch::zeros({at::get_num_threads(), num_species, K}, centers.options());
-    AT_DISPATCH_FLOATING_TYPES(length.scalar_type(), "reann::species_gaussians backward", [&] {
+    AT_DISPATCH_FLOATING_TYPES(length.scalar_type(), "reann::radial_functions backward", [&] {
       gaussians_backward<scalar_t>(
           grad.data_ptr<scalar_t>(), length.data_ptr<scalar_t>(), cutoff.data_ptr<scalar_t>(),
-          species.data_ptr<int64_t>(), centers.data_ptr<scalar_t>(),
+          cutoff_slope.data_ptr<scalar_t>(), species.data_ptr<int64_t>(), centers.data_ptr<scalar_t>(),
           exponents.data_ptr<scalar_t>(), gaussians.data_ptr<scalar_t>(), edges, K, num_species,
-          grad_length.data_ptr<scalar_t>(), grad_cutoff.data_ptr<scalar_t>(),
+          grad_length.data_ptr<scalar_t>(), grad_norm_length.data_ptr<scalar_t>(),
           data_or_null<scalar_t>(grad_centers), data_or_null<scalar_t>(grad_exponents));
     });
-    return {grad_length, grad_cutoff, Tensor(),
+    return {grad_length, grad_norm_length, Tensor(),
             grad_centers.defined() ? grad_centers.sum(0) : Tensor(),
             grad_exponents.defined() ? grad_exponents.sum(0) : Tensor()};
   }
 };
 
-Tensor species_gaussians(const Tensor &length, const Tensor &cutoff, const Tensor &species,
-                         const Tensor &centers, const Tensor &exponents)
+Tensor radial_functions(const Tensor &length, const Tensor &norm_length, const Tensor &species,
+                        const Tensor &centers, const Tensor &exponents)
 {
-  return SpeciesGaussians::apply(length, cutoff, species, centers, exponents);
+  return RadialFunctions::apply(length, norm_length, species, centers, exponents);
 }
 
 // Python's handle on the block cache (tensor_block_cache.h), as pair_reann's `memory keep` uses it
@@ -1110,9 +1167,9 @@ TORCH_LIBRARY(reann, m)
   m.def("orbital_gram(Tensor vectors, Tensor radial, Tensor neighbor, Tensor coefficients, "
         "Tensor exponents, Tensor weights) -> Tensor",
         &orbital_gram);
-  m.def("species_gaussians(Tensor length, Tensor cutoff, Tensor species, Tensor centers, "
+  m.def("radial_functions(Tensor length, Tensor norm_length, Tensor species, Tensor centers, "
         "Tensor exponents) -> Tensor",
-        &species_gaussians);
+        &radial_functions);
   m.def("block_cache_install() -> ()", &block_cache_install);
   m.def("block_cache_next_step() -> ()", &block_cache_next_step);
   m.def("block_cache_bytes() -> int", &block_cache_bytes);

@@ -13,7 +13,7 @@ from .deployed_model import EXCHANGE_METHODS, DeployedEnergyModel, DeployedTenso
 
 # the layout of the deployed file; pair_reann refuses files of another format
 # (2: energy models call the torch.ops.reann density kernel; 3: and its radial-function kernel;
-# 4: and the neighbour-block and edge-geometry kernels)
+# 4: the neighbour-block and edge-geometry kernels, radial_functions for species_gaussians)
 DEPLOY_FORMAT = "4"
 # every metadata entry is a plain-text extra file of the TorchScript archive
 METADATA_KEYS = (

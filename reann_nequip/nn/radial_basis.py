@@ -108,11 +108,7 @@ class SpeciesGaussianBasis(GraphModuleMixin, torch.nn.Module):
             or not (self.training and torch.is_grad_enabled())
         ):
             radial = self.gaussians(
-                length,
-                squared_cosine_cutoff(norm_length),
-                neighbor_type,
-                self.centers,
-                self.exponents,
+                length, norm_length, neighbor_type, self.centers, self.exponents
             )
         else:
             radial = self._recomputed_radial_functions(length, norm_length, neighbor_type)
@@ -159,22 +155,27 @@ def species_gaussians(
 
 
 class SpeciesGaussians(torch.nn.Module):
-    """:func:`species_gaussians` as a module, so that deployment can swap in the kernel."""
+    """The radial functions as a module, so that deployment can swap in the kernel: lengths d
+    [num_edges, 1] in Å, d / r_c [num_edges, 1], neighbour species [num_edges], μ and α
+    [num_types, K] → [num_edges, K]."""
 
     def forward(
         self,
         length: torch.Tensor,
-        cutoff: torch.Tensor,
+        norm_length: torch.Tensor,
         neighbor_type: torch.Tensor,
         centers: torch.Tensor,
         exponents: torch.Tensor,
     ) -> torch.Tensor:
-        return species_gaussians(length, cutoff, neighbor_type, centers, exponents)
+        return species_gaussians(
+            length, squared_cosine_cutoff(norm_length), neighbor_type, centers, exponents
+        )
 
 
 class FusedSpeciesGaussians(SpeciesGaussians):
-    """:func:`species_gaussians` by the C++ kernel ``torch.ops.reann.species_gaussians`` (CPU):
-    one pass over the edges instead of a dozen [num_edges, K] tensors, and one back. It has
+    """:class:`SpeciesGaussians` by the C++ kernel ``torch.ops.reann.radial_functions`` (CPU):
+    the cutoff and the Gaussians in one pass over the edges instead of a dozen [num_edges, K]
+    tensors, and one back. It has
     first derivatives only (forces and virials of deployed models; force training runs the
     torch form in training mode). Other devices get the torch form. The kernel library must be
     loaded (:func:`reann_nequip.nn.kernels.load_kernels`) before scripting or calling it."""
@@ -182,15 +183,17 @@ class FusedSpeciesGaussians(SpeciesGaussians):
     def forward(
         self,
         length: torch.Tensor,
-        cutoff: torch.Tensor,
+        norm_length: torch.Tensor,
         neighbor_type: torch.Tensor,
         centers: torch.Tensor,
         exponents: torch.Tensor,
     ) -> torch.Tensor:
         if length.device.type != "cpu":
-            return species_gaussians(length, cutoff, neighbor_type, centers, exponents)
+            return species_gaussians(
+                length, squared_cosine_cutoff(norm_length), neighbor_type, centers, exponents
+            )
         if not torch.jit.is_scripting():
             load_kernels()
-        return torch.ops.reann.species_gaussians(
-            length.view(-1), cutoff.view(-1), neighbor_type, centers, exponents
+        return torch.ops.reann.radial_functions(
+            length.view(-1), norm_length.view(-1), neighbor_type, centers, exponents
         )

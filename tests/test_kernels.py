@@ -254,7 +254,9 @@ def test_kernel_refuses_third_derivative():
 def test_kernel_refuses_bad_inputs():
     vectors, radial, neighbor, coefficients = random_blocks(4, 3, 2, 4, torch.float64)
     module = FusedOrbitalGram(2, CartesianMonomials(1))
-    with pytest.raises(RuntimeError, match="neighbour index is outside the 4 atoms"):
+    with pytest.raises(
+        RuntimeError, match=r"index \d+ \(centre 0, slot 0\) is outside the 4 atoms"
+    ):
         module(vectors, radial, neighbor + 4, coefficients)
     with pytest.raises(RuntimeError, match="do not match vectors"):
         module(vectors, radial[:, :2], neighbor, coefficients)

@@ -521,6 +521,11 @@ void gram_forward(const T *vectors, const T *radial, const int64_t *neighbor,
       const int64_t *n = neighbor + i * J;
       const T *r = radial + i * J * K;
       if (i + 1 < end) prefetch(vectors + (i + 1) * 3 * J, 3 * J);
+      // the backward passes read the same indices: checked once, here
+      for (int64_t j = 0; j < J; ++j)
+        TORCH_CHECK(n[j] >= 0 && n[j] < s.atoms, "reann::orbital_gram: neighbour index ", n[j],
+                    " (centre ", i, ", slot ", j, ") is outside the ", s.atoms,
+                    " atoms with coefficients");
       std::fill(bp, bp + C * padded, T(0));
       for (int64_t j0 = 0; j0 < J; j0 += L) {
         const int64_t filled = std::min(L, J - j0);
@@ -793,10 +798,6 @@ Sizes check_inputs(const Tensor &vectors, const Tensor &radial, const Tensor &ne
               "dtype");
   for (const Tensor *t : {&vectors, &radial, &neighbor, &coefficients, &exponents, &weights})
     TORCH_CHECK(t->device().is_cpu(), "reann::orbital_gram runs on CPU tensors only");
-  if (neighbor.numel() > 0)
-    TORCH_CHECK(neighbor.min().item<int64_t>() >= 0 && neighbor.max().item<int64_t>() < s.atoms,
-                "reann::orbital_gram: a neighbour index is outside the ", s.atoms,
-                " atoms with coefficients");
   return s;
 }
 

@@ -8,8 +8,9 @@
    there in input order; the slots past its last edge are padding. to_blocks places the per-edge
    values [E, F] in their slots, [N, J, F] or, feature_major, [N, F, J] (each feature a contiguous
    row over the neighbours, as reann::orbital_gram reads the neighbour vectors), zero in padding;
-   from_blocks reads them back. The two are each other's adjoint and backward pass, so they can be
-   differentiated any number of times (force training).
+   from_blocks reads them back. The slots must be distinct, as neighbor_slots makes them. The two
+   are each other's adjoint and backward pass, so they can be differentiated any number of times
+   (force training).
 
    The same as reann_nequip.nn.embedded_density.neighbor_slots and to_neighbor_blocks compute with
    torch operations (bincount, a stable sort when the edges are not in centre order, zeros and
@@ -85,44 +86,30 @@ struct SlotRow {
   }
 };
 
-// blocks[slot_e, f] (row-major [N * J, F]) or blocks[i, f, j] for slot_e = i J + j
-// (feature-major) = values[e, f]; the padding keeps its zeros
-template <typename T>
-void place(const T *values, const int64_t *slot, int64_t edges, int64_t features, int64_t J,
-           bool feature_major, T *blocks)
+// Between the per-edge values [E, F] and their block entries blocks[slot_e, f] (row-major
+// [N * J, F]) or blocks[i, f, j] for slot_e = i J + j (feature-major): into the blocks when
+// ToBlocks (the padding keeps its zeros), else out of them
+template <bool ToBlocks, typename T>
+void copy_slots(T *values, T *blocks, const int64_t *slot, int64_t edges, int64_t features,
+                int64_t J, bool feature_major)
 {
   const SlotRow row_of(J);
-  at::parallel_for(0, edges, EDGE_GRAIN, [&](int64_t begin, int64_t end) {
-    for (int64_t e = begin; e < end; ++e) {
-      const T *v = values + e * features;
-      if (feature_major) {
-        const int64_t row = row_of(slot[e]);
-        T *b = blocks + row * features * J + (slot[e] - row * J);
-        for (int64_t f = 0; f < features; ++f) b[f * J] = v[f];
-      } else {
-        T *b = blocks + slot[e] * features;
-        for (int64_t f = 0; f < features; ++f) b[f] = v[f];
-      }
-    }
-  });
-}
-
-// values[e, f] = the block entry of place's
-template <typename T>
-void gather(const T *blocks, const int64_t *slot, int64_t edges, int64_t features, int64_t J,
-            bool feature_major, T *values)
-{
-  const SlotRow row_of(J);
+  const auto copy = [](T &entry, T &value) {
+    if constexpr (ToBlocks)
+      entry = value;
+    else
+      value = entry;
+  };
   at::parallel_for(0, edges, EDGE_GRAIN, [&](int64_t begin, int64_t end) {
     for (int64_t e = begin; e < end; ++e) {
       T *v = values + e * features;
       if (feature_major) {
         const int64_t row = row_of(slot[e]);
-        const T *b = blocks + row * features * J + (slot[e] - row * J);
-        for (int64_t f = 0; f < features; ++f) v[f] = b[f * J];
+        T *b = blocks + row * features * J + (slot[e] - row * J);
+        for (int64_t f = 0; f < features; ++f) copy(b[f * J], v[f]);
       } else {
-        const T *b = blocks + slot[e] * features;
-        for (int64_t f = 0; f < features; ++f) v[f] = b[f];
+        T *b = blocks + slot[e] * features;
+        for (int64_t f = 0; f < features; ++f) copy(b[f], v[f]);
       }
     }
   });
@@ -143,8 +130,8 @@ Tensor place_values(const Tensor &values_in, const Tensor &slot_in, int64_t num_
                                          : std::vector<int64_t>{num_centers, max_neighbors, features};
   Tensor blocks = torch::zeros(shape, values.options());
   AT_DISPATCH_ALL_TYPES(values.scalar_type(), "reann::to_blocks", [&] {
-    place<scalar_t>(values.data_ptr<scalar_t>(), slot.data_ptr<int64_t>(), edges, features,
-                    max_neighbors, feature_major, blocks.data_ptr<scalar_t>());
+    copy_slots<true>(values.data_ptr<scalar_t>(), blocks.data_ptr<scalar_t>(),
+                     slot.data_ptr<int64_t>(), edges, features, max_neighbors, feature_major);
   });
   return blocks;
 }
@@ -161,8 +148,8 @@ Tensor gather_values(const Tensor &blocks_in, const Tensor &slot_in, bool featur
   check_slots(slot, edges, blocks.size(0) * J, "reann::from_blocks");
   Tensor values = torch::empty({edges, features}, blocks.options());
   AT_DISPATCH_ALL_TYPES(blocks.scalar_type(), "reann::from_blocks", [&] {
-    gather<scalar_t>(blocks.data_ptr<scalar_t>(), slot.data_ptr<int64_t>(), edges, features, J,
-                     feature_major, values.data_ptr<scalar_t>());
+    copy_slots<false>(values.data_ptr<scalar_t>(), blocks.data_ptr<scalar_t>(),
+                      slot.data_ptr<int64_t>(), edges, features, J, feature_major);
   });
   return values;
 }

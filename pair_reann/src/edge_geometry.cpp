@@ -25,19 +25,21 @@ using torch::Tensor;
 // edges per task of the parallel loop
 constexpr int64_t EDGE_GRAIN = 4096;
 
-void check_edges(const Tensor &edge_index, int64_t num_atoms, const char *op)
+void check_edge_index(const Tensor &edge_index, const char *op)
 {
   TORCH_CHECK(edge_index.dim() == 2 && edge_index.size(0) == 2 &&
                   edge_index.scalar_type() == torch::kInt64 && edge_index.device().is_cpu(),
               op, ": expected an int64 CPU edge_index [2, E], got ", edge_index.scalar_type(),
               " ", edge_index.sizes());
-  const Tensor index = edge_index.contiguous();
-  const int64_t edges = index.size(1);
-  const int64_t *ij = index.data_ptr<int64_t>();
-  for (int64_t e = 0; e < 2 * edges; ++e)
-    TORCH_CHECK(ij[e] >= 0 && ij[e] < num_atoms, op, ": edge ", e % edges, " has ",
-                e < edges ? "centre " : "neighbour ", ij[e], ", outside the ", num_atoms,
-                " atoms");
+}
+
+// the atoms i and j of edge e, each below num_atoms: checked where the loops read them
+inline void check_edge(int64_t e, int64_t i, int64_t j, int64_t num_atoms, const char *op)
+{
+  TORCH_CHECK(i >= 0 && i < num_atoms, op, ": edge ", e, " has centre ", i, ", outside the ",
+              num_atoms, " atoms");
+  TORCH_CHECK(j >= 0 && j < num_atoms, op, ": edge ", e, " has neighbour ", j, ", outside the ",
+              num_atoms, " atoms");
 }
 
 std::tuple<Tensor, Tensor> edge_vectors(const Tensor &pos_in, const Tensor &edge_index_in,
@@ -47,7 +49,7 @@ std::tuple<Tensor, Tensor> edge_vectors(const Tensor &pos_in, const Tensor &edge
                   pos_in.scalar_type() == torch::kFloat64 && pos_in.device().is_cpu(),
               "reann::edge_vectors: expected float64 CPU positions [N, 3], got ",
               pos_in.scalar_type(), " ", pos_in.sizes());
-  check_edges(edge_index_in, pos_in.size(0), "reann::edge_vectors");
+  check_edge_index(edge_index_in, "reann::edge_vectors");
   const int64_t edges = edge_index_in.size(1);
   TORCH_CHECK(shift_in.sizes() == torch::IntArrayRef({edges, 3}) &&
                   shift_in.scalar_type() == torch::kFloat64 && shift_in.device().is_cpu(),
@@ -60,16 +62,18 @@ std::tuple<Tensor, Tensor> edge_vectors(const Tensor &pos_in, const Tensor &edge
   Tensor exact = torch::empty({edges, 3}, pos.options());
   Tensor vectors = torch::empty({edges, 3}, pos.options().dtype(dtype));
   const double *x = pos.data_ptr<double>(), *s = shift.data_ptr<double>();
-  const int64_t *i = index.data_ptr<int64_t>(), *j = i + edges;
+  const int64_t *i = index.data_ptr<int64_t>(), *j = i + edges, num_atoms = pos.size(0);
   double *r = exact.data_ptr<double>();
   AT_DISPATCH_FLOATING_TYPES(dtype, "reann::edge_vectors", [&] {
     scalar_t *v = vectors.data_ptr<scalar_t>();
     at::parallel_for(0, edges, EDGE_GRAIN, [&](int64_t begin, int64_t end) {
-      for (int64_t e = begin; e < end; ++e)
+      for (int64_t e = begin; e < end; ++e) {
+        check_edge(e, i[e], j[e], num_atoms, "reann::edge_vectors");
         for (int64_t a = 0; a < 3; ++a) {
           r[3 * e + a] = x[3 * j[e] + a] - x[3 * i[e] + a] + s[3 * e + a];
           v[3 * e + a] = static_cast<scalar_t>(r[3 * e + a]);
         }
+      }
     });
   });
   return {exact, vectors};
@@ -79,7 +83,7 @@ std::tuple<Tensor, Tensor> edge_forces(const Tensor &edge_gradient_in,
                                        const Tensor &edge_index_in, const Tensor &exact_in,
                                        int64_t num_atoms)
 {
-  check_edges(edge_index_in, num_atoms, "reann::edge_forces");
+  check_edge_index(edge_index_in, "reann::edge_forces");
   const int64_t edges = edge_index_in.size(1);
   const std::vector<int64_t> shape{edges, 3};
   TORCH_CHECK(edge_gradient_in.sizes() == shape && exact_in.sizes() == shape &&
@@ -99,6 +103,7 @@ std::tuple<Tensor, Tensor> edge_forces(const Tensor &edge_gradient_in,
     const scalar_t *g = gradient.data_ptr<scalar_t>();
     double rg[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
     for (int64_t e = 0; e < edges; ++e) {
+      check_edge(e, i[e], j[e], num_atoms, "reann::edge_forces");
       for (int64_t a = 0; a < 3; ++a) {
         const double ga = static_cast<double>(g[3 * e + a]);
         f[3 * i[e] + a] += ga;

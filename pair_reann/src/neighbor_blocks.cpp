@@ -60,15 +60,11 @@ std::tuple<Tensor, int64_t> neighbor_slots(const Tensor &center_in, int64_t num_
   return {slot, max_neighbors};
 }
 
-void check_slots(const Tensor &slot, int64_t edges, int64_t num_slots, const char *op)
+void check_slots(const Tensor &slot, int64_t edges, const char *op)
 {
   TORCH_CHECK(slot.dim() == 1 && slot.size(0) == edges && slot.scalar_type() == torch::kInt64,
               op, ": expected int64 slots [E = ", edges, "], got ", slot.scalar_type(), " ",
               slot.sizes());
-  const int64_t *s = slot.data_ptr<int64_t>();
-  for (int64_t e = 0; e < edges; ++e)
-    TORCH_CHECK(s[e] >= 0 && s[e] < num_slots, op, ": edge ", e, " has slot ", s[e],
-                ", outside the ", num_slots, " slots of the blocks");
 }
 
 // slot / J without a 64-bit integer division (tens of cycles per edge): a rounded quotient in
@@ -88,11 +84,13 @@ struct SlotRow {
 
 // Between the per-edge values [E, F] and their block entries blocks[slot_e, f] (row-major
 // [N * J, F]) or blocks[i, f, j] for slot_e = i J + j (feature-major): into the blocks when
-// ToBlocks (the padding keeps its zeros), else out of them
+// ToBlocks (the padding keeps its zeros), else out of them. Each slot is checked against the
+// N * J slots before it is used; `op` names the operation in the error
 template <bool ToBlocks, typename T>
 void copy_slots(T *values, T *blocks, const int64_t *slot, int64_t edges, int64_t features,
-                int64_t J, bool feature_major)
+                int64_t num_centers, int64_t J, bool feature_major, const char *op)
 {
+  const int64_t num_slots = num_centers * J;
   const SlotRow row_of(J);
   const auto copy = [](T &entry, T &value) {
     if constexpr (ToBlocks)
@@ -102,6 +100,8 @@ void copy_slots(T *values, T *blocks, const int64_t *slot, int64_t edges, int64_
   };
   at::parallel_for(0, edges, EDGE_GRAIN, [&](int64_t begin, int64_t end) {
     for (int64_t e = begin; e < end; ++e) {
+      TORCH_CHECK(slot[e] >= 0 && slot[e] < num_slots, op, ": edge ", e, " has slot ", slot[e],
+                  ", outside the ", num_slots, " slots of the blocks");
       T *v = values + e * features;
       if (feature_major) {
         const int64_t row = row_of(slot[e]);
@@ -124,14 +124,15 @@ Tensor place_values(const Tensor &values_in, const Tensor &slot_in, int64_t num_
               "reann::to_blocks: negative block sizes");
   const Tensor values = values_in.contiguous(), slot = slot_in.contiguous();
   const int64_t edges = values.size(0), features = values.size(1);
-  check_slots(slot, edges, num_centers * max_neighbors, "reann::to_blocks");
+  check_slots(slot, edges, "reann::to_blocks");
   const std::vector<int64_t> shape = feature_major
                                          ? std::vector<int64_t>{num_centers, features, max_neighbors}
                                          : std::vector<int64_t>{num_centers, max_neighbors, features};
   Tensor blocks = torch::zeros(shape, values.options());
   AT_DISPATCH_ALL_TYPES(values.scalar_type(), "reann::to_blocks", [&] {
     copy_slots<true>(values.data_ptr<scalar_t>(), blocks.data_ptr<scalar_t>(),
-                     slot.data_ptr<int64_t>(), edges, features, max_neighbors, feature_major);
+                     slot.data_ptr<int64_t>(), edges, features, num_centers, max_neighbors,
+                     feature_major, "reann::to_blocks");
   });
   return blocks;
 }
@@ -145,11 +146,12 @@ Tensor gather_values(const Tensor &blocks_in, const Tensor &slot_in, bool featur
   const int64_t J = blocks.size(feature_major ? 2 : 1);
   const int64_t features = blocks.size(feature_major ? 1 : 2);
   const int64_t edges = slot.dim() == 1 ? slot.size(0) : -1;
-  check_slots(slot, edges, blocks.size(0) * J, "reann::from_blocks");
+  check_slots(slot, edges, "reann::from_blocks");
   Tensor values = torch::empty({edges, features}, blocks.options());
   AT_DISPATCH_ALL_TYPES(blocks.scalar_type(), "reann::from_blocks", [&] {
     copy_slots<false>(values.data_ptr<scalar_t>(), blocks.data_ptr<scalar_t>(),
-                      slot.data_ptr<int64_t>(), edges, features, J, feature_major);
+                      slot.data_ptr<int64_t>(), edges, features, blocks.size(0), J,
+                      feature_major, "reann::from_blocks");
   });
   return values;
 }

@@ -989,10 +989,11 @@ constexpr int64_t GAUSSIAN_EDGES = 256;
 
 // The cutoff f_e = (cos(pi x_e) / 2 + 1/2)^2 of x_e = d_e / r_c (0 from x_e = 1 on) and its slope
 // df_e/dx_e; gaussians[e, k] = exp(alpha_(s_e)k (d_e - mu_(s_e)k)^2), radial = f_e gaussians
+// (each species checked against the num_species rows of centers where it is read)
 template <typename T>
 void gaussians_forward(const T *length, const T *norm_length, const int64_t *species,
                        const T *centers, const T *exponents, int64_t edges, int64_t K,
-                       T *gaussians, T *radial, T *cutoff, T *cutoff_slope)
+                       int64_t num_species, T *gaussians, T *radial, T *cutoff, T *cutoff_slope)
 {
   const T pi = T(M_PI);
   at::parallel_for(0, edges, GAUSSIAN_EDGES, [&](int64_t begin, int64_t end) {
@@ -1008,6 +1009,9 @@ void gaussians_forward(const T *length, const T *norm_length, const int64_t *spe
         cutoff_slope[e] = inside ? -pi * half * sine[e - first] : T(0);
       }
       for (int64_t e = first; e < last; ++e) {
+        TORCH_CHECK(species[e] >= 0 && species[e] < num_species,
+                    "reann::radial_functions: a species index is outside the ", num_species,
+                    " rows of centers (edge ", e, " has species ", species[e], ")");
         const T *mu = centers + species[e] * K, *alpha = exponents + species[e] * K;
         T *g = gaussians + e * K;
         for (int64_t k = 0; k < K; ++k) {
@@ -1074,18 +1078,12 @@ class RadialFunctions : public torch::autograd::Function<RadialFunctions> {
                 "reann::radial_functions: int64 species and one floating dtype for the rest");
     for (const Tensor *t : {&length, &norm_length, &species, &centers, &exponents})
       TORCH_CHECK(t->device().is_cpu(), "reann::radial_functions runs on CPU tensors only");
-    const int64_t num_species = centers.size(0);
-    if (species.numel() > 0)
-      TORCH_CHECK(species.min().item<int64_t>() >= 0 &&
-                      species.max().item<int64_t>() < num_species,
-                  "reann::radial_functions: a species index is outside the ", num_species,
-                  " rows of centers");
     length = length.contiguous();
     norm_length = norm_length.contiguous();
     species = species.contiguous();
     centers = centers.contiguous();
     exponents = exponents.contiguous();
-    const int64_t edges = length.size(0), K = centers.size(1);
+    const int64_t edges = length.size(0), num_species = centers.size(0), K = centers.size(1);
     Tensor gaussians = torch::empty({edges, K}, length.options());
     Tensor radial = torch::empty({edges, K}, length.options());
     Tensor cutoff = torch::empty({edges}, length.options());
@@ -1094,7 +1092,7 @@ class RadialFunctions : public torch::autograd::Function<RadialFunctions> {
       gaussians_forward<scalar_t>(
           length.data_ptr<scalar_t>(), norm_length.data_ptr<scalar_t>(),
           species.data_ptr<int64_t>(), centers.data_ptr<scalar_t>(),
-          exponents.data_ptr<scalar_t>(), edges, K, gaussians.data_ptr<scalar_t>(),
+          exponents.data_ptr<scalar_t>(), edges, K, num_species, gaussians.data_ptr<scalar_t>(),
           radial.data_ptr<scalar_t>(), cutoff.data_ptr<scalar_t>(),
           cutoff_slope.data_ptr<scalar_t>());
     });
@@ -1123,8 +1121,8 @@ class RadialFunctions : public torch::autograd::Function<RadialFunctions> {
     AT_DISPATCH_FLOATING_TYPES(length.scalar_type(), "reann::radial_functions backward", [&] {
       gaussians_backward<scalar_t>(
           grad.data_ptr<scalar_t>(), length.data_ptr<scalar_t>(), cutoff.data_ptr<scalar_t>(),
-          cutoff_slope.data_ptr<scalar_t>(), species.data_ptr<int64_t>(), centers.data_ptr<scalar_t>(),
-          exponents.data_ptr<scalar_t>(), gaussians.data_ptr<scalar_t>(), edges, K, num_species,
+          cutoff_slope.data_ptr<scalar_t>(), species.data_ptr<int64_t>(),
+          centers.data_ptr<scalar_t>(), exponents.data_ptr<scalar_t>(), gaussians.data_ptr<scalar_t>(), edges, K, num_species,
           grad_length.data_ptr<scalar_t>(), grad_norm_length.data_ptr<scalar_t>(),
           data_or_null<scalar_t>(grad_centers), data_or_null<scalar_t>(grad_exponents));
     });

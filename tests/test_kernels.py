@@ -1,6 +1,7 @@
 """The C++ kernels equal the torch forms: ``reann::orbital_gram`` and the neighbour-block
 placement (``neighbor_slots``, ``to_blocks``, ``from_blocks``) with first and second
-derivatives, ``reann::radial_functions`` with first derivatives."""
+derivatives, ``reann::radial_functions`` and ``reann::element_networks`` with first
+derivatives."""
 
 import pathlib
 import subprocess
@@ -10,9 +11,12 @@ import pytest
 import torch
 
 from reann_nequip.integrations.lammps import KERNEL_FILE, plugin_directory
-from reann_nequip.nn import CartesianMonomials, FusedOrbitalGram, OrbitalGram
+from reann_nequip.model import ReannModel
+from reann_nequip.nn import CartesianMonomials, ElementNetworks, FusedOrbitalGram, OrbitalGram
 from reann_nequip.nn.embedded_density import fused_neighbor_blocks, neighbor_blocks
 from reann_nequip.nn.radial_basis import FusedSpeciesGaussians, SpeciesGaussians
+
+from .utils import randomize_parameters
 
 pytestmark = pytest.mark.skipif(
     not (pathlib.Path(plugin_directory()) / KERNEL_FILE).exists(),
@@ -417,3 +421,127 @@ def test_edge_vectors_and_forces_refuse_bad_inputs():
         torch.ops.reann.edge_forces(shift, torch.tensor([[-1, 0], [1, 2]]), shift, 4)
     with pytest.raises(RuntimeError, match="edge gradients and float64 edge vectors"):
         torch.ops.reann.edge_forces(shift[:1], edge_index.clamp(max=3), shift, 4)
+
+
+def element_networks(activation, layer_norm, num_blocks, hidden, dtype=torch.float64, seed=0):
+    """Eval-mode networks of 3 elements, 10 inputs and 4 outputs, every parameter perturbed
+    (a new network's output layer is zero)."""
+    networks = ElementNetworks(
+        3, 10, 4, hidden, num_blocks, activation, layer_norm, [0.0] * len(hidden)
+    )
+    return randomize_parameters(networks.to(dtype), seed=seed).eval()
+
+
+def outputs_and_input_gradient(networks, x, atom_types, mixing=None):
+    x = x.clone().requires_grad_(True)
+    y = networks(x, atom_types, mixing)
+    weights = torch.linspace(-1.0, 2.0, y.numel(), dtype=y.dtype).view_as(y)
+    (gradient,) = torch.autograd.grad((y * weights).sum(), x)
+    return y.detach(), gradient
+
+
+@pytest.mark.parametrize("activation", ["relu_like", "tanh_like", "silu"])
+@pytest.mark.parametrize("layer_norm", [True, False])
+@pytest.mark.parametrize("num_blocks,hidden", [(0, [6]), (1, [6, 6]), (2, [7, 5, 3])])
+@pytest.mark.parametrize("mixing", [False, True])
+def test_element_networks_equal_torch_form(activation, layer_norm, num_blocks, hidden, mixing):
+    """Output and input gradient of ``reann::element_networks`` equal the torch form: atoms
+    in any order or grouped by element, one element absent, the input mixing folded or not."""
+    networks = element_networks(activation, layer_norm, num_blocks, hidden)
+    generator = torch.Generator().manual_seed(1)
+    atom_types = torch.randint(0, 3, (40,), generator=generator)
+    atom_types[atom_types == 1] = 2
+    q = torch.randn(6, 10, generator=generator, dtype=torch.float64) if mixing else None
+    x = torch.randn(40, 6 if mixing else 10, generator=generator, dtype=torch.float64)
+    for types in (atom_types, torch.sort(atom_types).values):
+        expected = outputs_and_input_gradient(networks, x, types, q)
+        networks.use_fused_kernel()
+        fused = outputs_and_input_gradient(networks, x, types, q)
+        networks.fused = False
+        for e, f in zip(expected, fused):
+            torch.testing.assert_close(f, e, rtol=1e-12, atol=1e-12)
+
+
+def test_element_networks_float32_threads_and_empty_input():
+    networks = element_networks("relu_like", True, 1, [16, 16], dtype=torch.float32)
+    generator = torch.Generator().manual_seed(2)
+    atom_types = torch.randint(0, 3, (500,), generator=generator)
+    x = torch.randn(500, 10, generator=generator, dtype=torch.float32)
+    expected = outputs_and_input_gradient(networks, x, atom_types)
+    networks.use_fused_kernel()
+    threads = torch.get_num_threads()
+    try:
+        for num_threads in (1, 2):
+            torch.set_num_threads(num_threads)
+            fused = outputs_and_input_gradient(networks, x, atom_types)
+            for e, f in zip(expected, fused):
+                torch.testing.assert_close(f, e, rtol=1e-5, atol=1e-5)
+    finally:
+        torch.set_num_threads(threads)
+    y, gradient = outputs_and_input_gradient(networks, x[:0], atom_types[:0])
+    assert y.shape == (0, 4) and gradient.shape == (0, 10)
+
+
+def test_element_networks_train_with_torch_form_and_refuse_parameter_gradients():
+    """Training mode runs the torch form (forces are differentiated again); in eval mode the
+    op gives input gradients only and says so when asked for more."""
+    networks = element_networks("relu_like", True, 1, [6, 6])
+    networks.use_fused_kernel()
+    x = torch.randn(5, 10, dtype=torch.float64, requires_grad=True)
+    atom_types = torch.tensor([0, 2, 1, 0, 2])
+    networks.train()
+    (first,) = torch.autograd.grad(networks(x, atom_types).sum(), x, create_graph=True)
+    first.square().sum().backward()
+    assert networks.input_linear.weight.grad is not None
+    networks.eval()
+    with pytest.raises(RuntimeError, match="no gradients with respect to the network parameters"):
+        networks(x, atom_types).sum().backward()
+    with pytest.raises(RuntimeError, match="no second derivative"):
+        torch.autograd.grad(networks(x, atom_types).sum(), x, create_graph=True)
+
+
+def test_element_networks_refuse_bad_inputs():
+    networks = element_networks("silu", False, 1, [6])
+    networks.use_fused_kernel()
+    x = torch.randn(4, 10, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="atom 2 has type 3, outside the 3 types"):
+        networks(x, torch.tensor([0, 1, 3, 2]))
+    with pytest.raises(RuntimeError, match=r"weights\[0\] must be Float \[3, 10, 6\]"):
+        networks(x.float(), torch.tensor([0, 1, 2, 2]))
+    with pytest.raises(RuntimeError, match=r"expected int64 atom types \[4\]"):
+        networks(x, torch.tensor([0, 1, 2]))
+
+
+def test_energy_model_runs_fused_networks_in_eval_mode():
+    """A REANN energy model built with the kernel runs its element networks as the C++ op in
+    eval mode: the same energies and forces as with the torch form."""
+    from nequip.utils.global_state import set_global_state
+    from ase import Atoms
+
+    from .utils import model_input
+
+    set_global_state()
+    model = randomize_parameters(
+        ReannModel(
+            seed=1,
+            model_dtype="float64",
+            type_names=["O", "H"],
+            r_max=3.5,
+            num_gaussians=4,
+            num_recursions=2,
+            energy_network={"hidden": [8, 8]},
+            coefficient_network={"hidden": [8]},
+        ),
+        seed=3,
+    ).eval()
+    networks = [m for m in model.modules() if isinstance(m, ElementNetworks)]
+    assert len(networks) == 3 and all(n.fused for n in networks)
+    generator = torch.Generator().manual_seed(0)
+    atoms = Atoms("OH2OH2", positions=3.0 * torch.rand(6, 3, generator=generator).numpy())
+    data = model_input(atoms, ["O", "H"], 3.5)
+    fused = model(dict(data))
+    for n in networks:
+        n.fused = False
+    expected = model(dict(data))
+    for key in ("total_energy", "forces"):
+        torch.testing.assert_close(fused[key], expected[key], rtol=1e-12, atol=1e-12)

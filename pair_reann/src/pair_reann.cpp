@@ -124,8 +124,14 @@ void PairREANN::load_model(const std::string &path)
   try {
     model = torch::jit::load(path, torch::kCPU, metadata);
   } catch (const c10::Error &e) {
-    error->all(FLERR, "pair_style reann: `{}` is not a TorchScript model file: {}", path,
-               e.what_without_backtrace());
+    const std::string what = e.what_without_backtrace();
+    if (what.find("Unknown builtin op: reann::") != std::string::npos)
+      error->all(FLERR,
+                 "pair_style reann: `{}` calls a kernel that this plugin's kernel library lacks: "
+                 "it was deployed by another reann_nequip version; redeploy it with the "
+                 "reann_nequip that built this plugin: {}",
+                 path, what);
+    error->all(FLERR, "pair_style reann: `{}` is not a TorchScript model file: {}", path, what);
   }
   if (metadata["deploy_format"].empty())
     error->all(FLERR,

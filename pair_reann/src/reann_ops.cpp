@@ -37,15 +37,12 @@
 #include <torch/script.h>
 
 #include "tensor_block_cache.h"
+#include "vector_math.h"
 
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
-#if defined(__AVX2__)
-#include <immintrin.h>
-#include <sleef.h>    // torch's vector math library, exported by libtorch_cpu
-#endif
 
 namespace {
 
@@ -923,67 +920,6 @@ Tensor orbital_gram(const Tensor &vectors, const Tensor &radial, const Tensor &n
   return OrbitalGram::apply(vectors, radial, neighbor, coefficients, exponents, weights);
 }
 
-// x[i] = exp(x[i]), i < n
-template <typename T> void exp_in_place(T *x, int64_t n)
-{
-  for (int64_t i = 0; i < n; ++i) x[i] = std::exp(x[i]);
-}
-
-#if defined(__AVX2__)
-template <> void exp_in_place<float>(float *x, int64_t n)
-{
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, Sleef_expf8_u10(_mm256_loadu_ps(x + i)));
-  for (; i < n; ++i) x[i] = std::exp(x[i]);
-}
-
-template <> void exp_in_place<double>(double *x, int64_t n)
-{
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) _mm256_storeu_pd(x + i, Sleef_expd4_u10(_mm256_loadu_pd(x + i)));
-  for (; i < n; ++i) x[i] = std::exp(x[i]);
-}
-#endif
-
-// c[i] = cos(x[i]), s[i] = sin(x[i]), i < n
-template <typename T> void sincos(const T *x, int64_t n, T *s, T *c)
-{
-  for (int64_t i = 0; i < n; ++i) {
-    s[i] = std::sin(x[i]);
-    c[i] = std::cos(x[i]);
-  }
-}
-
-#if defined(__AVX2__)
-template <> void sincos<float>(const float *x, int64_t n, float *s, float *c)
-{
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const Sleef___m256_2 sc = Sleef_sincosf8_u10(_mm256_loadu_ps(x + i));
-    _mm256_storeu_ps(s + i, sc.x);
-    _mm256_storeu_ps(c + i, sc.y);
-  }
-  for (; i < n; ++i) {
-    s[i] = std::sin(x[i]);
-    c[i] = std::cos(x[i]);
-  }
-}
-
-template <> void sincos<double>(const double *x, int64_t n, double *s, double *c)
-{
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    const Sleef___m256d_2 sc = Sleef_sincosd4_u10(_mm256_loadu_pd(x + i));
-    _mm256_storeu_pd(s + i, sc.x);
-    _mm256_storeu_pd(c + i, sc.y);
-  }
-  for (; i < n; ++i) {
-    s[i] = std::sin(x[i]);
-    c[i] = std::cos(x[i]);
-  }
-}
-#endif
-
 // edges per pass of the Gaussians: their [edges, K] rows stay in cache between the passes
 constexpr int64_t GAUSSIAN_EDGES = 256;
 
@@ -1001,7 +937,7 @@ void gaussians_forward(const T *length, const T *norm_length, const int64_t *spe
     for (int64_t first = begin; first < end; first += GAUSSIAN_EDGES) {
       const int64_t last = std::min(end, first + GAUSSIAN_EDGES), count = last - first;
       for (int64_t e = first; e < last; ++e) angle[e - first] = pi * norm_length[e];
-      sincos(angle, count, sine, cosine);
+      reann::sincos(angle, count, sine, cosine);
       for (int64_t e = first; e < last; ++e) {
         const T half = T(0.5) * cosine[e - first] + T(0.5);
         const bool inside = norm_length[e] < T(1);
@@ -1019,7 +955,7 @@ void gaussians_forward(const T *length, const T *norm_length, const int64_t *spe
           g[k] = alpha[k] * u * u;
         }
       }
-      exp_in_place(gaussians + first * K, count * K);
+      reann::exp_in_place(gaussians + first * K, count * K);
       for (int64_t e = first; e < last; ++e)
         for (int64_t k = 0; k < K; ++k) radial[e * K + k] = cutoff[e] * gaussians[e * K + k];
     }

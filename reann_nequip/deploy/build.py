@@ -8,6 +8,7 @@ import torch
 from nequip.data import AtomicDataDict
 
 from .._version import __version__
+from ..nn.element_networks import use_fused_networks
 from ..nn.kernels import load_kernels
 from .deployed_model import EXCHANGE_METHODS, DeployedEnergyModel, DeployedTensorModel
 
@@ -163,10 +164,11 @@ def save_deployed(
 ) -> Dict[str, str]:
     """Script a nequip ``GraphModel`` of a reann_nequip model into ``output_path``; returns the
     metadata. Energy models get :class:`DeployedEnergyModel` (LAMMPS and ASE), tensor models
-    :class:`DeployedTensorModel` (ASE). Energy models compute the orbitals' Gram matrices and
-    the radial functions with the C++ kernels
+    :class:`DeployedTensorModel` (ASE). Energy models compute the orbitals' Gram matrices, the
+    radial functions and the element networks with the C++ kernels
     (:meth:`~reann_nequip.nn.RecursiveEmbeddedDensity.use_fused_kernels`,
-    :meth:`~reann_nequip.nn.SpeciesGaussianBasis.use_fused_kernels`) and are frozen
+    :meth:`~reann_nequip.nn.SpeciesGaussianBasis.use_fused_kernels`,
+    :func:`~reann_nequip.nn.element_networks.use_fused_networks`) and are frozen
     (``torch.jit.freeze``, the coefficient-exchange methods kept); ``graph_model`` itself is
     left unchanged."""
     metadata = deployed_metadata(graph_model, units, source)
@@ -174,6 +176,7 @@ def save_deployed(
     if metadata["model_kind"] == "energy":
         _reann_stage(graph_model, "density", source).use_fused_kernels()
         _reann_stage(graph_model, "radial_basis", source).use_fused_kernels()
+        use_fused_networks(graph_model)
         # the per-atom energy part, inside the ForceStressOutput
         deployed = DeployedEnergyModel(graph_model.model.func)
     else:
@@ -198,6 +201,11 @@ def read_metadata(path: str) -> Dict[str, str]:
     try:
         torch.jit.load(path, map_location="cpu", _extra_files=extra_files)
     except (RuntimeError, ValueError) as error:
+        if "Unknown builtin op: reann::" in str(error):
+            raise ValueError(
+                f"`{path}` calls a kernel that this reann_nequip's kernel library lacks: it was "
+                f"deployed by another version; redeploy it with `nequip-deploy build`: {error}"
+            ) from error
         raise ValueError(f"`{path}` is not a TorchScript file: {error}") from error
     # torch returns the archive's bytes, and b"" for keys the archive lacks
     metadata = {key: value.decode() for key, value in extra_files.items()}

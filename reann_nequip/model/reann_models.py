@@ -27,6 +27,7 @@ from reann_nequip.nn import (
     TransitionDipoleFromHeads,
 )
 from reann_nequip.nn.activations import ACTIVATIONS
+from reann_nequip.nn.element_networks import use_fused_networks
 
 # REANN's `nl`, `nblock`, `activate`, `table_norm`, `dropout_p` (and their `oc_` twins), with the
 # manual's widths [64, 64] rather than read.py's [128, 128]
@@ -102,7 +103,9 @@ _DENSITY_ARGS_DOC = """
             (default ``None``)
         density_kernel (str): how the density's sums run on CPU: ``fused`` (the C++ kernel,
             built by ``reann-nequip build-lammps``; half the training memory), ``torch``
-            (torch operations), ``auto`` (default: fused when the kernel is built)"""
+            (torch operations), ``auto`` (default: fused when the kernel is built). With the
+            kernel, energy models also run their element networks in eval mode as one C++ op
+            (training mode keeps torch operations: forces are differentiated again)"""
 
 
 def _density_network(
@@ -220,6 +223,8 @@ def ReannModel(
             "total_energy_sum": total_energy,
         }
     )
+    if stages["density"].runs_kernels():
+        use_fused_networks(energy_model)
     return ForceStressOutput(energy_model, do_derivatives)
 
 

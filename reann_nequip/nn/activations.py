@@ -6,6 +6,7 @@ Parameters are stacked over elements; a call processes the atoms of one element.
 """
 
 import math
+from typing import List
 
 import torch
 
@@ -44,6 +45,12 @@ class ElementActivation(torch.nn.Module):
         else:
             self.alpha = torch.nn.Parameter(torch.full((num_types, width), alpha))
             self.beta = torch.nn.Parameter(torch.full((num_types, width), beta))
+
+    def affine(self) -> List[torch.Tensor]:
+        """[α, β] ([num_types, width] each), or none for SiLU."""
+        if self.kind == "silu":
+            return []
+        return [self.alpha, self.beta]
 
     def forward(self, x: torch.Tensor, element: int) -> torch.Tensor:
         """``x``: [num_atoms, width] of atoms of one ``element`` → [num_atoms, width]."""

@@ -3,7 +3,8 @@
 The weights of all elements are stacked along a leading type dimension. The atoms of each
 element are gathered once, pushed through that element's whole network with plain matmuls and
 broadcast per-neuron parameters, and scattered back: every atom costs the arithmetic of its own
-network only.
+network only. With the kernel library, eval mode runs the same in one C++ op
+(``reann::element_networks``).
 """
 
 import math
@@ -11,8 +12,9 @@ from typing import List, Optional
 
 import torch
 
-from .activations import ElementActivation
+from .activations import ACTIVATIONS, ElementActivation
 from .graph_capture import capturing_graph
+from .kernels import load_kernels
 
 
 class ElementLinear(torch.nn.Module):
@@ -70,6 +72,10 @@ class ElementLayerNorm(torch.nn.Module):
         self.weight = torch.nn.Parameter(torch.ones(num_types, width))
         self.bias = torch.nn.Parameter(torch.zeros(num_types, width))
 
+    def affine(self) -> List[torch.Tensor]:
+        """[γ, δ], [num_types, width] each."""
+        return [self.weight, self.bias]
+
     def forward(self, x: torch.Tensor, element: int) -> torch.Tensor:
         return torch.nn.functional.layer_norm(
             x, [self.width], self.weight[element], self.bias[element]
@@ -109,6 +115,9 @@ class HiddenLayer(torch.nn.Module):
 
 class Passthrough(torch.nn.Module):
     """Stands in for :class:`ElementLayerNorm` when normalisation is off."""
+
+    def affine(self) -> List[torch.Tensor]:
+        return []
 
     def forward(self, x: torch.Tensor, element: int) -> torch.Tensor:
         return x
@@ -162,6 +171,10 @@ class ElementNetworks(torch.nn.Module):
     activation → linear(h1 → out). The output layer starts at zero (weights and bias), so a
     new network outputs zero for every atom.
 
+    After :meth:`use_fused_kernel`, eval mode runs all elements' networks in one C++ op
+    (``reann::element_networks``); its backward pass gives input gradients only (forces), so
+    training mode keeps the torch form.
+
     Args:
         num_types (int): number of elements
         in_features (int): input width (the density width ``num_orbitals``)
@@ -187,6 +200,9 @@ class ElementNetworks(torch.nn.Module):
         super().__init__()
         self.num_types = num_types
         self.out_features = out_features
+        self.layers_per_block = len(hidden)
+        self.activation_code = ACTIVATIONS.index(activation)
+        self.fused = False
         self.input_linear = ElementLinear(
             num_types, in_features, hidden[0], zero_weight=False, bias=None
         )
@@ -211,6 +227,8 @@ class ElementNetworks(torch.nn.Module):
 
         A linear map of the input can be folded into the input layer: with ``input_mixing`` Q
         [F, in_features], ``x`` is [num_atoms, F] and the networks read x Q."""
+        if self.fused and not self.training and not capturing_graph():
+            return self.fused_forward(x, atom_types, input_mixing)
         out = torch.zeros(x.shape[0], self.out_features, dtype=x.dtype, device=x.device)
         if capturing_graph():
             # static shapes: every atom through every element's network, its own one kept
@@ -224,6 +242,45 @@ class ElementNetworks(torch.nn.Module):
             out = torch.index_copy(out, 0, atoms, y)
         return out
 
+    def use_fused_kernel(self) -> None:
+        """Run eval mode with the C++ op; raises if the kernel library is not built."""
+        load_kernels()
+        self.fused = True
+
+    def fused_forward(
+        self,
+        x: torch.Tensor,
+        atom_types: torch.Tensor,
+        input_mixing: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """:meth:`forward` as one ``reann::element_networks`` call."""
+        input_weight = self.input_linear.weight
+        if input_mixing is not None:
+            input_weight = torch.matmul(input_mixing, input_weight)
+        weights = [input_weight]
+        biases = [self.input_linear.bias]
+        activations: List[torch.Tensor] = []
+        norms: List[torch.Tensor] = []
+        for block in self.blocks:
+            for layer in block.layers:
+                weights.append(layer.linear.weight)
+                biases.append(layer.linear.bias)
+                activations.extend(layer.activation.affine())
+                norms.extend(layer.norm.affine())
+        weights.append(self.output_linear.weight)
+        biases.append(self.output_linear.bias)
+        activations.extend(self.output_activation.affine())
+        return torch.ops.reann.element_networks(
+            x,
+            atom_types,
+            weights,
+            biases,
+            activations,
+            norms,
+            self.activation_code,
+            self.layers_per_block,
+        )
+
     def element_forward(
         self, x: torch.Tensor, element: int, input_mixing: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
@@ -234,3 +291,11 @@ class ElementNetworks(torch.nn.Module):
             x = block(x, element)
         x = self.output_activation(x, element)
         return self.output_linear(x, element)
+
+
+def use_fused_networks(module: torch.nn.Module) -> None:
+    """Every :class:`ElementNetworks` in ``module`` runs eval mode with the C++ op; raises if
+    the kernel library is not built."""
+    for submodule in module.modules():
+        if isinstance(submodule, ElementNetworks):
+            submodule.use_fused_kernel()

@@ -135,6 +135,10 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
         load_kernels()
         self.orbital_gram = FusedOrbitalGram(self.initial_coefficients.shape[1], self.monomials)
 
+    def runs_kernels(self) -> bool:
+        """Whether the Gram matrices come from the C++ kernel."""
+        return isinstance(self.orbital_gram, FusedOrbitalGram)
+
     def _mixing_for_step(self, step: int) -> torch.Tensor:
         """W[L] [L_max + 1, K, M] of recursion step ``step`` (shared, or one per step)."""
         return self.mixing[step if self.mixing.shape[0] > 1 else 0]

@@ -19,7 +19,7 @@ from reann_nequip.model import ReannModel
 from reann_nequip.nn import OrbitalGram
 from reann_nequip.nn.radial_basis import SpeciesGaussians
 
-from .utils import REPO_ROOT, model_input, randomize_parameters
+from .utils import REPO_ROOT, model_input, randomize_parameters, with_unknown_kernel
 
 TYPE_NAMES = ["O", "H"]
 R_MAX = 3.5
@@ -238,6 +238,11 @@ def test_metadata_errors_name_the_file(tmp_path):
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(other))
     with pytest.raises(ValueError, match="not a reann_nequip deployed model"):
         read_metadata(str(other))
+    deployed = tmp_path / "water.pth"
+    save_deployed(water_model(), str(deployed))
+    stale = with_unknown_kernel(deployed, tmp_path / "stale.pth")
+    with pytest.raises(ValueError, match="stale.pth` calls a kernel that this reann_nequip's"):
+        read_metadata(str(stale))
     with pytest.raises(FileNotFoundError, match="no checkpoint or package"):
         deploy(str(tmp_path / "missing.ckpt"), str(tmp_path / "out.pth"))
 

@@ -9,6 +9,8 @@ import sys
 
 import pytest
 import torch
+from ase import Atoms
+from nequip.utils.global_state import set_global_state
 
 from reann_nequip.integrations.lammps import KERNEL_FILE, plugin_directory
 from reann_nequip.model import ReannModel
@@ -16,7 +18,7 @@ from reann_nequip.nn import CartesianMonomials, ElementNetworks, FusedOrbitalGra
 from reann_nequip.nn.embedded_density import fused_neighbor_blocks, neighbor_blocks
 from reann_nequip.nn.radial_basis import FusedSpeciesGaussians, SpeciesGaussians
 
-from .utils import randomize_parameters
+from .utils import model_input, randomize_parameters
 
 pytestmark = pytest.mark.skipif(
     not (pathlib.Path(plugin_directory()) / KERNEL_FILE).exists(),
@@ -515,11 +517,6 @@ def test_element_networks_refuse_bad_inputs():
 def test_energy_model_runs_fused_networks_in_eval_mode():
     """A REANN energy model built with the kernel runs its element networks as the C++ op in
     eval mode: the same energies and forces as with the torch form."""
-    from nequip.utils.global_state import set_global_state
-    from ase import Atoms
-
-    from .utils import model_input
-
     set_global_state()
     model = randomize_parameters(
         ReannModel(

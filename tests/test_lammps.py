@@ -21,7 +21,7 @@ from reann_nequip.integrations.ase import ReannCalculator
 from reann_nequip.integrations.lammps import PLUGIN_FILE, plugin_directory
 from reann_nequip.model import ReannModel
 
-from .utils import REPO_ROOT, randomize_parameters
+from .utils import REPO_ROOT, randomize_parameters, with_unknown_kernel
 
 BIN = pathlib.Path(sys.executable).parent
 LMP = BIN / "lmp"
@@ -268,6 +268,7 @@ def _error_of(workdir, result):
     [
         ("missing_file", "cannot read model file"),
         ("corrupt_file", "is not a TorchScript model file"),
+        ("stale_kernel", "calls a kernel that this plugin's kernel library lacks"),
         ("not_deployed", "was not written by `nequip-deploy build`"),
         ("too_few_elements", "needs `* * model.pth` and 2 element names"),
         ("unknown_element", "atom type 2 is `N`, which model"),
@@ -291,6 +292,8 @@ def test_lammps_errors_are_clear(tmp_path, case, expected):
     elif case == "corrupt_file":
         model = tmp_path / "corrupt.pth"
         model.write_bytes(b"\x00" * 64)
+    elif case == "stale_kernel":
+        model = with_unknown_kernel(model, tmp_path / "stale.pth")
     elif case == "not_deployed":
         model = tmp_path / "linear.pth"
         torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(model))

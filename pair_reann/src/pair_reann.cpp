@@ -123,8 +123,10 @@ void PairREANN::load_model(const std::string &path)
   for (const auto &key : keys) metadata[key] = "";
   try {
     model = torch::jit::load(path, torch::kCPU, metadata);
-  } catch (const c10::Error &e) {
-    const std::string what = e.what_without_backtrace();
+  } catch (const std::exception &e) {
+    // torch's c10::Error, or TorchScript's compile error for an op the kernel library lacks
+    const auto *torch_error = dynamic_cast<const c10::Error *>(&e);
+    const std::string what = torch_error ? torch_error->what_without_backtrace() : e.what();
     if (what.find("Unknown builtin op: reann::") != std::string::npos)
       error->all(FLERR,
                  "pair_style reann: `{}` calls a kernel that this plugin's kernel library lacks: "

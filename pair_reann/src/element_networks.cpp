@@ -330,12 +330,14 @@ Tensor activation_layer(const Tensor &x, int64_t a, const Layout &l,
   }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "reann::element_networks activation", [&] {
     for_element_rows(g, [&](int64_t e, int64_t r0, int64_t r1) {
-      activate_rows<scalar_t>(x.data_ptr<scalar_t>(), alpha[e].data_ptr<scalar_t>(),
-                              beta[e].data_ptr<scalar_t>(), l.activation, r0, r1, width,
+      // the per-neuron parameters of element e: row e of the [types, W] tensors
+      const int64_t row = e * width;
+      activate_rows<scalar_t>(x.data_ptr<scalar_t>(), alpha.data_ptr<scalar_t>() + row,
+                              beta.data_ptr<scalar_t>() + row, l.activation, r0, r1, width,
                               out.data_ptr<scalar_t>(), slope.data_ptr<scalar_t>());
       if (norm)
-        normalise_rows<scalar_t>(norm_parameters[2 * a][e].data_ptr<scalar_t>(),
-                                 norm_parameters[2 * a + 1][e].data_ptr<scalar_t>(), r0, r1,
+        normalise_rows<scalar_t>(norm_parameters[2 * a].data_ptr<scalar_t>() + row,
+                                 norm_parameters[2 * a + 1].data_ptr<scalar_t>() + row, r0, r1,
                                  width, out.data_ptr<scalar_t>(),
                                  normalised.data_ptr<scalar_t>(),
                                  inverse_sigma.data_ptr<scalar_t>());
@@ -357,7 +359,7 @@ void activation_layer_backward(Tensor &grad, int64_t a, const Layout &l,
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "reann::element_networks backward", [&] {
     for_element_rows(g, [&](int64_t e, int64_t r0, int64_t r1) {
       norm_activation_backward_rows<scalar_t>(
-          norm ? norm_parameters[2 * a][e].data_ptr<scalar_t>() : nullptr,
+          norm ? norm_parameters[2 * a].data_ptr<scalar_t>() + e * grad.size(1) : nullptr,
           norm ? saved.normalised[a].data_ptr<scalar_t>() : nullptr,
           norm ? saved.inverse_sigma[a].data_ptr<scalar_t>() : nullptr,
           saved.slope[a].data_ptr<scalar_t>(), r0, r1, grad.size(1),

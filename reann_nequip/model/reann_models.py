@@ -21,6 +21,7 @@ from reann_nequip import _keys
 from reann_nequip.nn import (
     AtomicScalarReadout,
     DipoleFromCharges,
+    EdgeVectors,
     PolarizabilityFromGradients,
     RecursiveEmbeddedDensity,
     SpeciesGaussianBasis,
@@ -152,8 +153,12 @@ def _density_network(
     coefficient_network = _network_options("coefficient_network", coefficient_network)
 
     # === modules ===
+    edge_vectors = EdgeVectors()
     edge_length = EdgeLengthNormalizer(
-        r_max=r_max, type_names=type_names, per_edge_type_cutoff=per_edge_type_cutoff
+        r_max=r_max,
+        type_names=type_names,
+        per_edge_type_cutoff=per_edge_type_cutoff,
+        irreps_in=edge_vectors.irreps_out,
     )
     radial_basis = SpeciesGaussianBasis(
         type_names=type_names,
@@ -175,7 +180,12 @@ def _density_network(
         density_kernel=density_kernel,
         irreps_in=radial_basis.irreps_out,
     )
-    stages = {"edge_length": edge_length, "radial_basis": radial_basis, "density": density}
+    stages = {
+        "edge_vectors": edge_vectors,
+        "edge_length": edge_length,
+        "radial_basis": radial_basis,
+        "density": density,
+    }
     return stages, num_orbitals
 
 

@@ -4,6 +4,7 @@
 from .activations import ElementActivation
 from .atomic_readout import AtomicScalarReadout
 from .dipole import DipoleFromCharges, TransitionDipoleFromHeads
+from .edge_vectors import EdgeVectors, with_edge_vectors
 from .element_networks import ElementNetworks
 from .embedded_density import CartesianMonomials, FusedOrbitalGram, OrbitalGram
 from .polarizability import PolarizabilityFromGradients
@@ -14,6 +15,7 @@ __all__ = [
     "AtomicScalarReadout",
     "CartesianMonomials",
     "DipoleFromCharges",
+    "EdgeVectors",
     "ElementActivation",
     "ElementNetworks",
     "FusedOrbitalGram",
@@ -24,4 +26,5 @@ __all__ = [
     "SpeciesGaussianBasis",
     "TransitionDipoleFromHeads",
     "squared_cosine_cutoff",
+    "with_edge_vectors",
 ]

@@ -10,7 +10,9 @@ The neighbour sum has no cutoff factor, as in REANN: μ jumps by q_j r_ij when a
 
 import torch
 from nequip.data import AtomicDataDict
-from nequip.nn import GraphModuleMixin, scatter, with_edge_vectors_
+from nequip.nn import GraphModuleMixin, scatter
+
+from .edge_vectors import with_edge_vectors
 
 
 def atomic_pair_dipoles(data: AtomicDataDict.Type, weights: torch.Tensor) -> torch.Tensor:
@@ -73,7 +75,7 @@ class DipoleFromCharges(GraphModuleMixin, torch.nn.Module):
         )
 
     def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
-        data = with_edge_vectors_(data, with_lengths=False)
+        data = with_edge_vectors(data)
         atomic_dipole = atomic_pair_dipoles(data, data[self.charge_field]).squeeze(1)
         data[self.atomic_dipole_field] = atomic_dipole  # [num_atoms, 3]
         data[self.total_dipole_field] = sum_over_frames(data, atomic_dipole)  # [num_frames, 3]
@@ -111,7 +113,7 @@ class TransitionDipoleFromHeads(GraphModuleMixin, torch.nn.Module):
         )
 
     def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
-        data = with_edge_vectors_(data, with_lengths=False)
+        data = with_edge_vectors(data)
         heads = data[self.heads_field]  # [num_atoms, 3]
         partial_dipoles = atomic_pair_dipoles(data, heads[:, :2])  # [num_atoms, 2, 3]
         dipoles = sum_over_frames(data, partial_dipoles)  # [num_frames, 2, 3]

@@ -19,9 +19,10 @@ from typing import List, Optional
 
 import torch
 from nequip.data import AtomicDataDict
-from nequip.nn import GraphModuleMixin, scatter, with_edge_vectors_
+from nequip.nn import GraphModuleMixin, scatter
 
 from .dipole import sum_over_frames
+from .edge_vectors import with_edge_vectors
 
 
 def _edge_gradient(
@@ -93,7 +94,7 @@ class PolarizabilityFromGradients(GraphModuleMixin, torch.nn.Module):
 
     def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
         # === edge vectors as the variable to differentiate by ===
-        data = with_edge_vectors_(data, with_lengths=False)
+        data = with_edge_vectors(data)
         edge_vectors = data[AtomicDataDict.EDGE_VECTORS_KEY]
         if not edge_vectors.requires_grad:
             # a fresh leaf: the caller's tensor is left as it was

@@ -7,8 +7,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from nequip.data import AtomicDataDict
-from nequip.nn import GraphModuleMixin, with_edge_vectors_
+from nequip.nn import GraphModuleMixin
 
+from .edge_vectors import with_edge_vectors
 from .element_networks import ElementNetworks
 from .embedded_density import (
     CartesianMonomials,
@@ -169,7 +170,7 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Edge vectors [num_edges, 3] (Å, model dtype), radial functions [num_edges, K] and
         ``edge_index`` [2, num_edges]."""
-        data = with_edge_vectors_(data, with_lengths=True)
+        data = with_edge_vectors(data)
         return (
             data[AtomicDataDict.EDGE_VECTORS_KEY].to(self._model_dtype),
             data[AtomicDataDict.EDGE_EMBEDDING_KEY],

@@ -171,9 +171,9 @@ class ElementNetworks(torch.nn.Module):
     activation → linear(h1 → out). The output layer starts at zero (weights and bias), so a
     new network outputs zero for every atom.
 
-    After :meth:`use_fused_kernel`, eval mode runs all elements' networks in one C++ op
+    After :meth:`use_fused_kernel`, eval mode on CPU runs all elements' networks in one C++ op
     (``reann::element_networks``); its backward pass gives input gradients only (forces), so
-    training mode keeps the torch form.
+    training mode (and other devices) keep the torch form.
 
     Args:
         num_types (int): number of elements
@@ -227,7 +227,8 @@ class ElementNetworks(torch.nn.Module):
 
         A linear map of the input can be folded into the input layer: with ``input_mixing`` Q
         [F, in_features], ``x`` is [num_atoms, F] and the networks read x Q."""
-        if self.fused and not self.training and not capturing_graph():
+        fused = self.fused and not self.training and x.device.type == "cpu"
+        if fused and not capturing_graph():
             return self.fused_forward(x, atom_types, input_mixing)
         out = torch.zeros(x.shape[0], self.out_features, dtype=x.dtype, device=x.device)
         if capturing_graph():

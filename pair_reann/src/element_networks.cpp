@@ -351,7 +351,7 @@ Tensor activation_layer(const Tensor &x, int64_t a, const Layout &l,
 
 // the gradient with respect to the input of activation a, in place from that with respect to
 // its (normalised) output
-void activation_layer_backward(Tensor &grad, int64_t a, const Layout &l,
+void activation_layer_backward(Tensor &grad, int64_t a,
                                const std::vector<Tensor> &norm_parameters, const Groups &g,
                                const Intermediates &saved)
 {
@@ -437,13 +437,13 @@ class ElementNetworksFunction : public torch::autograd::Function<ElementNetworks
 
     int64_t k = int64_t(weights.size()) - 1;
     Tensor grad_h = linear_backward(to_groups(grad_outputs[0], g), weights[k], g);
-    activation_layer_backward(grad_h, k - 1, l, norm_parameters, g, saved);
+    activation_layer_backward(grad_h, k - 1, norm_parameters, g, saved);
     for (int64_t block = l.blocks - 1; block >= 0; --block) {
       Tensor grad_y = grad_h;
       for (int64_t layer = l.layers_per_block - 1; layer >= 0; --layer) {
         --k;
         grad_y = linear_backward(grad_y, weights[k], g);
-        activation_layer_backward(grad_y, k - 1, l, norm_parameters, g, saved);
+        activation_layer_backward(grad_y, k - 1, norm_parameters, g, saved);
       }
       grad_h = grad_y.add_(grad_h);
     }

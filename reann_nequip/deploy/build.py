@@ -186,9 +186,10 @@ def save_deployed(
         parameter.requires_grad_(False)
     scripted = torch.jit.script(deployed)
     if metadata["model_kind"] == "energy":
-        # frozen: parameters become constants, so what depends on them alone (the pair mixing,
-        # per-element weight slices) is computed once here instead of in every call (≈ 10 %
-        # of an MD step). Freezing drops detach(); DeployedEnergyModel does without it
+        # frozen, the coefficient-exchange methods kept. They share the submodules with
+        # forward, so the parameters stay attributes and nothing computed from them alone (the
+        # pair mixing Q, Q W) is folded here: it is recomputed in every call. Freezing drops
+        # detach(); DeployedEnergyModel does without it
         scripted = torch.jit.freeze(scripted, preserved_attrs=list(EXCHANGE_METHODS))
     torch.jit.save(scripted, output_path, _extra_files=metadata)
     return metadata

@@ -43,7 +43,6 @@
 #include <cmath>
 #include <vector>
 
-
 namespace {
 
 using torch::Tensor;

@@ -514,9 +514,10 @@ def test_element_networks_refuse_bad_inputs():
         networks(x, torch.tensor([0, 1, 2]))
 
 
-def test_energy_model_runs_fused_networks_in_eval_mode():
-    """A REANN energy model built with the kernel runs its element networks as the C++ op in
-    eval mode: the same energies and forces as with the torch form."""
+def test_energy_model_runs_fused_networks_and_radial_functions_in_eval_mode():
+    """A REANN energy model built with the kernel runs its element networks and its radial
+    functions as C++ ops in eval mode: the same energies, forces and stress as with the torch
+    forms; training mode keeps the torch forms, and second derivatives with them."""
     set_global_state()
     model = randomize_parameters(
         ReannModel(
@@ -533,12 +534,26 @@ def test_energy_model_runs_fused_networks_in_eval_mode():
     ).eval()
     networks = [m for m in model.modules() if isinstance(m, ElementNetworks)]
     assert len(networks) == 3 and all(n.fused for n in networks)
+    radial_basis = model.model.func.radial_basis
+    assert isinstance(radial_basis.gaussians, FusedSpeciesGaussians)
     generator = torch.Generator().manual_seed(0)
-    atoms = Atoms("OH2OH2", positions=3.0 * torch.rand(6, 3, generator=generator).numpy())
+    atoms = Atoms(
+        "OH2OH2",
+        positions=3.0 * torch.rand(6, 3, generator=generator).numpy(),
+        cell=4.0 * torch.eye(3).numpy(),
+        pbc=True,
+    )
     data = model_input(atoms, ["O", "H"], 3.5)
     fused = model(dict(data))
     for n in networks:
         n.fused = False
+    radial_basis.gaussians = SpeciesGaussians()
     expected = model(dict(data))
-    for key in ("total_energy", "forces"):
+    for key in ("total_energy", "forces", "stress"):
         torch.testing.assert_close(fused[key], expected[key], rtol=1e-12, atol=1e-12)
+    # training mode: force-loss gradients reach the radial parameters through the torch form
+    radial_basis.gaussians = FusedSpeciesGaussians()
+    model.train()
+    forces = model(dict(data))["forces"]
+    (gradient,) = torch.autograd.grad(forces.square().sum(), [radial_basis.exponents])
+    assert gradient.abs().max() > 0

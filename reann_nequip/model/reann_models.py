@@ -234,6 +234,7 @@ def ReannModel(
         }
     )
     if stages["density"].runs_kernels():
+        stages["radial_basis"].use_fused_kernels()
         use_fused_networks(energy_model)
     return ForceStressOutput(energy_model, do_derivatives)
 

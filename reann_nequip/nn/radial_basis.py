@@ -93,7 +93,8 @@ class SpeciesGaussianBasis(GraphModuleMixin, torch.nn.Module):
 
     def use_fused_kernels(self) -> None:
         """Evaluate the radial functions with the C++ kernels (:class:`FusedSpeciesGaussians`,
-        first derivatives only: deployed models); raises if their library is not built."""
+        first derivatives only: eval mode and deployed models; training mode keeps the torch
+        form); raises if their library is not built."""
         load_kernels()
         self.gaussians = FusedSpeciesGaussians()
 
@@ -176,9 +177,10 @@ class FusedSpeciesGaussians(SpeciesGaussians):
     """:class:`SpeciesGaussians` by the C++ kernel ``torch.ops.reann.radial_functions`` (CPU):
     the cutoff and the Gaussians in one pass over the edges instead of a dozen [num_edges, K]
     tensors, and one back. It has
-    first derivatives only (forces and virials of deployed models; force training runs the
-    torch form in training mode). Other devices get the torch form. The kernel library must be
-    loaded (:func:`reann_nequip.nn.kernels.load_kernels`) before scripting or calling it."""
+    first derivatives only (forces and virials in eval mode and in deployed models; force
+    training runs the torch form in training mode). Other devices and graph capture get the torch
+    form. The kernel library must be loaded (:func:`reann_nequip.nn.kernels.load_kernels`) before
+    scripting or calling it."""
 
     def forward(
         self,
@@ -188,7 +190,7 @@ class FusedSpeciesGaussians(SpeciesGaussians):
         centers: torch.Tensor,
         exponents: torch.Tensor,
     ) -> torch.Tensor:
-        if length.device.type != "cpu":
+        if length.device.type != "cpu" or capturing_graph():
             return species_gaussians(
                 length, squared_cosine_cutoff(norm_length), neighbor_type, centers, exponents
             )

@@ -1,15 +1,21 @@
-"""Neighbour-list backends: vesin (our configs' choice) finds exactly matscipy's edges (nequip's
-default), and every config uses the same backend."""
+"""Neighbour lists: vesin (our configs' choice) finds exactly matscipy's edges (nequip's default),
+every config uses the same backend, and the ASE calculator's ``reann::neighbor_list`` finds
+exactly ASE's edges, periodic images included, and refuses bad input."""
+
+import pathlib
 
 import ase
 import ase.io
 import numpy as np
 import pytest
+import torch
 import yaml
+from ase.neighborlist import primitive_neighbor_list
 from nequip.data import AtomicDataDict, from_ase
 from nequip.data.transforms import NeighborListTransform
 
 from reann_nequip.data import iter_configuration
+from reann_nequip.integrations.lammps import KERNEL_FILE, plugin_directory
 
 from .utils import REPO_ROOT
 
@@ -70,3 +76,101 @@ def test_every_config_uses_the_same_backend(config):
     )
     assert transforms, f"{config} has no NeighborListTransform"
     assert [t.get("backend") for t in transforms] == [CONFIG_BACKEND] * len(transforms), config
+
+
+# === the ASE calculator's neighbour list, reann::neighbor_list ===
+
+needs_kernels = pytest.mark.skipif(
+    not (pathlib.Path(plugin_directory()) / KERNEL_FILE).exists(),
+    reason="the kernel library is not built (`reann-nequip build-lammps`, or `make install`)",
+)
+
+
+def _kernel_edges(positions, cell, pbc, r_max):
+    """(center, neighbour, rounded Cartesian shift) of every edge of reann::neighbor_list, after
+    checking its lengths and its order by centre."""
+    from reann_nequip.nn.kernels import load_kernels
+
+    load_kernels()
+    edge_index, shift, length = torch.ops.reann.neighbor_list(
+        torch.as_tensor(positions, dtype=torch.float64),
+        torch.as_tensor(cell, dtype=torch.float64),
+        torch.as_tensor(pbc, dtype=torch.bool),
+        r_max,
+    )
+    i, j = edge_index.tolist()
+    vectors = torch.as_tensor(positions)[j] - torch.as_tensor(positions)[i] + shift
+    torch.testing.assert_close(vectors.norm(dim=1), length, rtol=0, atol=1e-9)
+    assert (length < r_max).all()
+    assert (edge_index[0, 1:] >= edge_index[0, :-1]).all(), "edges not ordered by centre"
+    edges = {(a, b, *s) for a, b, s in zip(i, j, shift.numpy().round(6).tolist())}
+    assert len(edges) == len(i), "an edge is listed twice"
+    return edges
+
+
+def _ase_edges(positions, cell, pbc, r_max):
+    i, j, S = primitive_neighbor_list("ijS", pbc, cell, positions, r_max)
+    shifts = (S @ np.asarray(cell)).round(6).tolist()
+    return {(a, b, *s) for a, b, s in zip(i.tolist(), j.tolist(), shifts)}
+
+
+@needs_kernels
+def test_kernel_neighbor_list_finds_ases_edges_in_the_shipped_systems():
+    for name, atoms, r_max in _systems():
+        args = (atoms.positions, atoms.cell.array, atoms.pbc, r_max)
+        reference = _ase_edges(*args)
+        assert len(reference) > 0, name
+        assert _kernel_edges(*args) == reference, name
+
+
+@needs_kernels
+def test_kernel_neighbor_list_finds_ases_edges_in_random_cells():
+    """Skewed cells, periodic along any subset of axes, thinner than the cutoff or not, atoms
+    inside and outside the cell; every tenth with its non-periodic cell vectors zeroed (they are
+    not read: ASE, which needs them to bin, gets the original ones)."""
+    rng = np.random.default_rng(1)
+    for trial in range(150):
+        num_atoms = int(rng.integers(1, 30))
+        pbc = rng.integers(0, 2, 3).astype(bool)
+        cell = np.diag(rng.uniform(1.5, 10.0, 3)) + rng.uniform(-2.0, 2.0, (3, 3))
+        positions = rng.uniform(-0.5, 1.5, (num_atoms, 3)) @ cell
+        r_max = float(rng.uniform(0.8, 6.0))
+        kernel_cell = cell.copy()
+        if trial % 10 == 0:
+            kernel_cell[~pbc] = 0.0
+        assert _kernel_edges(positions, kernel_cell, pbc, r_max) == _ase_edges(
+            positions, cell, pbc, r_max
+        ), (trial, pbc.tolist(), r_max)
+
+
+@needs_kernels
+def test_kernel_neighbor_list_edge_cases():
+    # one atom in a cube shorter than the cutoff: its own six nearest images, no self edge
+    edges = _kernel_edges(np.zeros((1, 3)), 3.0 * np.eye(3), [True] * 3, 3.5)
+    assert sorted(e[2:] for e in edges) == sorted(
+        tuple(3.0 * s * np.eye(3)[a]) for a in range(3) for s in (-1, 1)
+    )
+    # no atoms; atoms a million Å apart in an open cell (the bins stay few)
+    assert _kernel_edges(np.zeros((0, 3)), np.zeros((3, 3)), [False] * 3, 5.0) == set()
+    far = np.array([[0.0, 0.0, 0.0], [1e6, 0.0, 0.0], [1e6 + 1.0, 0.0, 0.0]])
+    assert _kernel_edges(far, np.zeros((3, 3)), [False] * 3, 5.0) == {
+        (1, 2, 0.0, 0.0, 0.0),
+        (2, 1, 0.0, 0.0, 0.0),
+    }
+
+
+@needs_kernels
+@pytest.mark.parametrize(
+    "positions, cell, pbc, cutoff, message",
+    [
+        ([[0.0, 0.0, float("nan")]], np.eye(3), [True] * 3, 5.0, "atom 0 has a non-finite"),
+        ([[0.0, 0.0, 0.0]], np.zeros((3, 3)), [True] * 3, 5.0, "linearly dependent"),
+        ([[0.0, 0.0, 0.0]], [[1, 0, 0], [2, 0, 0], [0, 0, 0]], [True, True, False], 5.0, "linear"),
+        ([[0.0, 0.0, 0.0]], 1e-4 * np.eye(3), [True] * 3, 5.0, "more than 100 of its images"),
+        ([[0.0, 0.0, 0.0]], np.eye(3), [True] * 3, -1.0, "cutoff must be a positive"),
+        ([[0.0, 0.0, 0.0]], np.eye(3), [True] * 3, float("nan"), "cutoff must be a positive"),
+    ],
+)
+def test_kernel_neighbor_list_rejects_bad_input(positions, cell, pbc, cutoff, message):
+    with pytest.raises(RuntimeError, match=message):
+        _kernel_edges(np.array(positions), np.array(cell, dtype=float), pbc, cutoff)

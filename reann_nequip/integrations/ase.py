@@ -1,4 +1,5 @@
-"""ASE calculator for files written by ``nequip-deploy build``: needs torch, ASE and vesin only."""
+"""ASE calculator for files written by ``nequip-deploy build``: needs torch, ASE and the kernel
+library only."""
 
 from typing import Dict, Optional, Tuple
 
@@ -6,6 +7,7 @@ import numpy as np
 import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
+from ase.data import atomic_numbers
 
 from ..deploy.build import read_metadata
 from ..deploy.kernels import load_deployed_file
@@ -15,11 +17,10 @@ MIN_DISTANCE = 0.1
 
 
 class _DeployedFile:
-    """One deployed model with its metadata and a neighbour list at its cutoff."""
+    """One deployed model with its metadata; its inputs come from ``reann::neighbor_list`` at
+    its cutoff."""
 
     def __init__(self, path: str, expected_kinds: Tuple[str, ...], role: str):
-        from vesin import NeighborList
-
         self.path = path
         self.metadata = read_metadata(path)
         self.kind = self.metadata["model_kind"]
@@ -29,7 +30,12 @@ class _DeployedFile:
             )
         self.module = load_deployed_file(path)
         self.type_names = self.metadata["type_names"].split()
-        self.neighbor_list = NeighborList(cutoff=float(self.metadata["r_max"]), full_list=True)
+        self.r_max = float(self.metadata["r_max"])
+        # atomic number → model type index, −1 for elements the model does not know
+        self.type_of_number = torch.full((len(atomic_numbers) + 1,), -1, dtype=torch.int64)
+        for index, name in enumerate(self.type_names):
+            if name in atomic_numbers:
+                self.type_of_number[atomic_numbers[name]] = index
 
     def __call__(self, *inputs):
         """The deployed model's outputs. Run as plain autograd ops (the TorchScript executor's
@@ -40,32 +46,32 @@ class _DeployedFile:
 
     def inputs(self, atoms: Atoms):
         """Positions, types, edges and Cartesian image shifts of ``atoms`` for this model."""
-        index = {name: i for i, name in enumerate(self.type_names)}
-        symbols = atoms.get_chemical_symbols()
-        unknown = [(i, s) for i, s in enumerate(symbols) if s not in index]
-        if unknown:
-            atom, symbol = unknown[0]
-            raise ValueError(
-                f"atom {atom} is {symbol}, which model `{self.path}` does not know "
-                f"(its elements: {' '.join(self.type_names)})"
-            )
-        positions = atoms.get_positions()
-        center, neighbor, shift_index, distance = self.neighbor_list.compute(
-            positions, atoms.cell.array, atoms.pbc, quantities="ijSd"
+        numbers = torch.from_numpy(atoms.numbers).to(torch.int64)
+        known = (numbers >= 0) & (numbers < self.type_of_number.shape[0])
+        atom_types = torch.where(
+            known, self.type_of_number[numbers.clamp(0, self.type_of_number.shape[0] - 1)], -1
         )
-        if distance.size and distance.min() < MIN_DISTANCE:
-            k = int(np.argmin(distance))
+        unknown = torch.nonzero(atom_types < 0).view(-1)
+        if unknown.numel():
+            atom = int(unknown[0])
             raise ValueError(
-                f"atoms {center[k]} and {neighbor[k]} are {distance[k]:.3g} Å apart "
-                f"(less than {MIN_DISTANCE} Å)"
+                f"atom {atom} is {atoms.get_chemical_symbols()[atom]}, which model `{self.path}` "
+                f"does not know (its elements: {' '.join(self.type_names)})"
             )
-        shift = shift_index.astype(np.float64) @ atoms.cell.array  # [num_edges, 3] Å
-        return (
-            torch.from_numpy(positions),
-            torch.tensor([index[s] for s in symbols], dtype=torch.int64),
-            torch.from_numpy(np.stack([center, neighbor]).astype(np.int64)),
-            torch.from_numpy(shift),
+        positions = torch.from_numpy(atoms.get_positions())
+        edge_index, shift, length = torch.ops.reann.neighbor_list(
+            positions,
+            torch.from_numpy(atoms.cell.array.astype(np.float64)),
+            torch.from_numpy(atoms.pbc.copy()),
+            self.r_max,
         )
+        if length.numel() and float(length.min()) < MIN_DISTANCE:
+            k = int(torch.argmin(length))
+            raise ValueError(
+                f"atoms {int(edge_index[0, k])} and {int(edge_index[1, k])} are "
+                f"{float(length[k]):.3g} Å apart (less than {MIN_DISTANCE} Å)"
+            )
+        return positions, atom_types, edge_index, shift
 
 
 class ReannCalculator(Calculator):

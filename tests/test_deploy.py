@@ -107,6 +107,35 @@ def test_deployed_file_equals_model_energies_forces_virial(tmp_path, model_dtype
     )
 
 
+@pytest.mark.parametrize("shared_mixing", [True, False])
+def test_folding_the_pair_mixing_keeps_energies_and_forces(shared_mixing):
+    """fold_pair_mixing (deployed files) moves each step's Q W into its update networks: the
+    same energies and forces, with one mixing for all steps or one per step."""
+    set_global_state()
+    model = randomize_parameters(
+        ReannModel(
+            seed=4,
+            model_dtype="float64",
+            type_names=TYPE_NAMES,
+            r_max=R_MAX,
+            num_gaussians=4,
+            num_recursions=2,
+            shared_mixing=shared_mixing,
+            energy_network={"hidden": [8]},
+            coefficient_network={"hidden": [8]},
+        ),
+        seed=2,
+    ).eval()
+    data = model_input(triclinic_frame(), TYPE_NAMES, R_MAX)
+    expected = model(dict(data))
+    density = model.model.func.density
+    density.fold_pair_mixing()
+    assert all(type(u).__name__ == "FoldedCoefficientUpdate" for u in density.updates)
+    folded = model(dict(data))
+    for key in ("atomic_energy", "forces"):
+        torch.testing.assert_close(folded[key], expected[key], rtol=1e-10, atol=1e-12)
+
+
 def test_ghost_shell_form_equals_periodic_images():
     """Explicit image atoms with zero shifts (LAMMPS on several ranks) give the local energy,
     forces whose owner sums equal the periodic forces, and the same virial."""

@@ -168,13 +168,17 @@ def save_deployed(
     radial functions and the element networks with the C++ kernels
     (:meth:`~reann_nequip.nn.RecursiveEmbeddedDensity.use_fused_kernels`,
     :meth:`~reann_nequip.nn.SpeciesGaussianBasis.use_fused_kernels`,
-    :func:`~reann_nequip.nn.element_networks.use_fused_networks`) and are frozen
+    :func:`~reann_nequip.nn.element_networks.use_fused_networks`), fold each recursion step's
+    pair mixing into its update networks
+    (:meth:`~reann_nequip.nn.RecursiveEmbeddedDensity.fold_pair_mixing`) and are frozen
     (``torch.jit.freeze``, the coefficient-exchange methods kept); ``graph_model`` itself is
     left unchanged."""
     metadata = deployed_metadata(graph_model, units, source)
     graph_model = copy.deepcopy(graph_model)
     if metadata["model_kind"] == "energy":
-        _reann_stage(graph_model, "density", source).use_fused_kernels()
+        density = _reann_stage(graph_model, "density", source)
+        density.use_fused_kernels()
+        density.fold_pair_mixing()
         _reann_stage(graph_model, "radial_basis", source).use_fused_kernels()
         use_fused_networks(graph_model)
         # the per-atom energy part, inside the ForceStressOutput
@@ -187,8 +191,8 @@ def save_deployed(
     scripted = torch.jit.script(deployed)
     if metadata["model_kind"] == "energy":
         # frozen, the coefficient-exchange methods kept. They share the submodules with
-        # forward, so the parameters stay attributes and nothing computed from them alone (the
-        # pair mixing Q, Q W) is folded here: it is recomputed in every call. Freezing drops
+        # forward, so the parameters stay attributes and nothing computed from them alone is
+        # folded here (hence fold_pair_mixing above, for the updates' Q W). Freezing drops
         # detach(); DeployedEnergyModel does without it
         scripted = torch.jit.freeze(scripted, preserved_attrs=list(EXCHANGE_METHODS))
     torch.jit.save(scripted, output_path, _extra_files=metadata)

@@ -457,7 +457,7 @@ def run_deployed_worker(args: argparse.Namespace) -> Dict[str, Any]:
     torch.set_num_threads(args.threads)
     frame = water_frame(args.data)
 
-    # === the calculator: the deployed file and a vesin neighbour list at its cutoff ===
+    # === the calculator: the deployed file and a neighbour list at its cutoff ===
     if args.worker == "reann":
         from reann_nequip.integrations.ase import ReannCalculator
 
@@ -466,7 +466,8 @@ def run_deployed_worker(args: argparse.Namespace) -> Dict[str, Any]:
     elif args.worker == "nequip":
         from nequip.integrations.ase import NequIPCalculator
 
-        # nequip's default backend is matscipy; vesin is what ReannCalculator uses
+        # nequip's default backend is matscipy; vesin is the faster of its backends (REANN's
+        # calculator has its own, reann::neighbor_list)
         calculator = NequIPCalculator.from_compiled_model(
             args.deployed_file,
             device="cpu",
@@ -846,7 +847,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         print()
         print(
             "deployed: energy+forces (+stress) through each model's ASE calculator, neighbour "
-            "list (vesin) included, of the first frame replicated to "
+            "list included (REANN: reann::neighbor_list, NequIP: vesin), of the first frame "
+            "replicated to "
             f"{', '.join(str(s) for s in sorted(args.sizes))} atoms; median of "
             f"{'/'.join(str(size['repeats']) for r in deployed for size in r['sizes'])} calls "
             f"after {args.warmup} warm-up"

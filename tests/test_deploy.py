@@ -131,6 +131,7 @@ def test_folding_the_pair_mixing_keeps_energies_and_forces(shared_mixing):
     density = model.model.func.density
     density.fold_pair_mixing()
     assert all(type(u).__name__ == "FoldedCoefficientUpdate" for u in density.updates)
+    density.fold_pair_mixing()  # a second time: no change
     folded = model(dict(data))
     for key in ("atomic_energy", "forces"):
         torch.testing.assert_close(folded[key], expected[key], rtol=1e-10, atol=1e-12)

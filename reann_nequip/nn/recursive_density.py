@@ -77,6 +77,9 @@ class FoldedCoefficientUpdate(torch.nn.Module):
         mixing: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """[num_atoms, K], G [num_atoms, F], [num_atoms] → [num_atoms, K]."""
+        if capturing_graph():
+            # the captured form passes the density ρ, not G: same width, wrong numbers
+            raise RuntimeError("a model with folded pair mixing (deployed) cannot be captured")
         return coefficients + self.network(density, atom_types)
 
 
@@ -174,7 +177,9 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
         """For deployed files: every update becomes a :class:`FoldedCoefficientUpdate`, its step's
         pair mixing folded into its input layer once (at 192 water atoms the per-call products
         were ~4 % of a call). Eval on neighbour blocks only: graph capture and training need the
-        unfolded model."""
+        unfolded model. Folding again changes nothing."""
+        if any(isinstance(update, FoldedCoefficientUpdate) for update in self.updates):
+            return
         self.updates = torch.nn.ModuleList(
             [
                 FoldedCoefficientUpdate(

@@ -49,9 +49,9 @@ std::array<Vec3, 3> binning_basis(const std::array<Vec3, 3> &cell, const std::ar
   std::array<Vec3, 3> basis{Vec3{1, 0, 0}, Vec3{0, 1, 0}, Vec3{0, 0, 1}};
   for (int k : periodic) basis[k] = cell[k];
   const auto singular = [&]() {
-    TORCH_CHECK(false, "reann::neighbor_list: the cell vectors of the periodic directions are ",
-                "linearly dependent (cell ", printable(cell[0]), " ", printable(cell[1]), " ",
-                printable(cell[2]), ")");
+    TORCH_CHECK(false, "reann::neighbor_list: the cell is singular, the vectors of its periodic ",
+                "directions linearly dependent (cell ", printable(cell[0]), " ",
+                printable(cell[1]), " ", printable(cell[2]), ")");
   };
   if (periodic.size() == 1) {
     const Vec3 &a = cell[periodic[0]];

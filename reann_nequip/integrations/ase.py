@@ -59,12 +59,16 @@ class _DeployedFile:
                 f"does not know (its elements: {' '.join(self.type_names)})"
             )
         positions = torch.from_numpy(atoms.get_positions())
-        edge_index, shift, length = torch.ops.reann.neighbor_list(
-            positions,
-            torch.from_numpy(atoms.cell.array.astype(np.float64)),
-            torch.from_numpy(atoms.pbc.copy()),
-            self.r_max,
-        )
+        try:
+            edge_index, shift, length = torch.ops.reann.neighbor_list(
+                positions,
+                torch.from_numpy(atoms.cell.array.astype(np.float64)),
+                torch.from_numpy(atoms.pbc.copy()),
+                self.r_max,
+            )
+        except RuntimeError as error:
+            # non-finite positions, a singular or too thin periodic cell: the op names them
+            raise ValueError(str(error)) from None
         if length.numel() and float(length.min()) < MIN_DISTANCE:
             k = int(torch.argmin(length))
             raise ValueError(
@@ -136,30 +140,11 @@ class ReannCalculator(Calculator):
         if self.keep_memory:
             torch.ops.reann.block_cache_install()
 
-    @staticmethod
-    def _check_geometry(atoms: Atoms) -> None:
-        positions = atoms.get_positions()
-        bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))
-        if bad.size:
-            raise ValueError(f"atom {bad[0]} has a non-finite position {positions[bad[0]]}")
-        if atoms.pbc.any():
-            cell = atoms.cell.array
-            periodic_rows = cell[atoms.pbc]
-            if (
-                np.linalg.matrix_rank(periodic_rows) < len(periodic_rows)
-                or not np.isfinite(cell).all()
-            ):
-                raise ValueError(
-                    f"the cell {cell.tolist()} is singular or not finite along the periodic directions "
-                    f"{atoms.pbc.tolist()}"
-                )
-
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         """Evaluates only the models whose properties are asked for (ASE clears ``results``
         when the atoms change)."""
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
-        self._check_geometry(atoms)
         if self.keep_memory:
             # a new step: the cached blocks the previous one did not use go back to the system
             torch.ops.reann.block_cache_next_step()

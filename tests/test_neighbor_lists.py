@@ -165,7 +165,13 @@ def test_kernel_neighbor_list_edge_cases():
     [
         ([[0.0, 0.0, float("nan")]], np.eye(3), [True] * 3, 5.0, "atom 0 has a non-finite"),
         ([[0.0, 0.0, 0.0]], np.zeros((3, 3)), [True] * 3, 5.0, "singular"),
-        ([[0.0, 0.0, 0.0]], [[1, 0, 0], [2, 0, 0], [0, 0, 0]], [True, True, False], 5.0, "singular"),
+        (
+            [[0.0, 0.0, 0.0]],
+            [[1, 0, 0], [2, 0, 0], [0, 0, 0]],
+            [True, True, False],
+            5.0,
+            "singular",
+        ),
         ([[0.0, 0.0, 0.0]], 1e-4 * np.eye(3), [True] * 3, 5.0, "more than 100 of its images"),
         ([[0.0, 0.0, 0.0]], np.eye(3), [True] * 3, -1.0, "cutoff must be a positive"),
         ([[0.0, 0.0, 0.0]], np.eye(3), [True] * 3, float("nan"), "cutoff must be a positive"),

@@ -83,7 +83,10 @@ def _time_calls(call, warmup: int, min_repeats: int, time_limit: float) -> Dict[
 def deployed_worker(args: argparse.Namespace) -> Dict:
     import torch
     from nequip.data import compute_neighborlist_, from_dict
+    from nequip.utils.global_state import set_global_state
 
+    # float64 geometry, as the deployed interface takes it (from_dict uses the default dtype)
+    set_global_state()
     torch.set_num_threads(1)
     atoms = water_frame(args.water).repeat(REPLICAS[args.size])
     graph = compute_neighborlist_(

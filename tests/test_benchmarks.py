@@ -1,0 +1,67 @@
+"""The benchmark scripts still run: each in its smallest form, on the shared water data, checking
+that it prints its table with finite timings (no speed is asserted)."""
+
+import math
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+from .utils import REPO_ROOT
+
+WATER = REPO_ROOT.parent / "shared" / "data" / "water_deepmd"
+BIN = pathlib.Path(sys.executable).parent
+
+pytestmark = pytest.mark.skipif(
+    not WATER.exists(), reason=f"the shared water data ({WATER}) is not in this clone"
+)
+
+
+def run_benchmark(script: str, *args: str) -> str:
+    """``benchmarks/SCRIPT ARGS`` with this venv's tools on PATH; asserts success, returns its
+    output."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / script), *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_bench_model_times_the_deployed_file():
+    output = run_benchmark(
+        "bench_model.py",
+        "--water", str(WATER),
+        "--sizes", "192",
+        "--dtypes", "float32", "float64",
+        "--no-training",
+        "--time-limit", "0.2",
+        "--min-repeats", "2",
+    )  # fmt: skip
+    rows = re.findall(r"^\| (float32|float64) \| 192 \| ([\d.]+) \|", output, re.M)
+    assert sorted(dtype for dtype, _ in rows) == ["float32", "float64"], output
+    assert all(math.isfinite(float(us)) and float(us) > 0 for _, us in rows), output
+
+
+@pytest.mark.slow
+def test_bench_md_runs_pair_style_reann():
+    output = run_benchmark(
+        "bench_md.py",
+        "--data", str(WATER),
+        "--sizes", "1536",
+        "--ranks", "1",
+        "--dtypes", "float32",
+        "--steps", "5",
+    )  # fmt: skip
+    rows = re.findall(
+        r"^\| float32 \| keep \| 1536 \| 1 \| images \| 5 \| ([\d.]+) \|", output, re.M
+    )
+    assert len(rows) == 1 and float(rows[0]) > 0, output

@@ -173,6 +173,7 @@ def test_kernel_neighbor_list_edge_cases():
             "singular",
         ),
         ([[0.0, 0.0, 0.0]], 1e-4 * np.eye(3), [True] * 3, 5.0, "more than 100 of its images"),
+        ([[0.0, 0.0, 1e17]], np.eye(3), [True] * 3, 5.0, "atom 0 lies 1e.17 cell vectors 2 away"),
         ([[0.0, 0.0, 0.0]], np.eye(3), [True] * 3, -1.0, "cutoff must be a positive"),
         ([[0.0, 0.0, 0.0]], np.eye(3), [True] * 3, float("nan"), "cutoff must be a positive"),
     ],

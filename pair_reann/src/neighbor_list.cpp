@@ -131,6 +131,9 @@ std::tuple<Tensor, Tensor, Tensor> neighbor_list(const Tensor &pos_in, const Ten
     for (int k = 0; k < 3; ++k) {
       double s = dot(x, reciprocal[k]);
       if (pbc[k]) {
+        // image counts are int64: an atom 2^52 cells away has lost its position to round-off
+        TORCH_CHECK(std::abs(s) < 4.5e15, "reann::neighbor_list: atom ", i, " lies ", s,
+                    " cell vectors ", k, " away from the cell");
         const double whole = std::floor(s);
         wraps[3 * i + k] = static_cast<int64_t>(whole);
         s -= whole;
@@ -237,6 +240,7 @@ std::tuple<Tensor, Tensor, Tensor> neighbor_list(const Tensor &pos_in, const Ten
             if (bin[2] > last_bin) break;
           }
           const int64_t begin = bin_start[row + bin[2]], end = bin_start[row + last_bin + 1];
+          // the position after the run (open axes: bin = position)
           bz = (pbc[2] ? bz : bin[2]) + last_bin - bin[2] + 1;
           double t[3] = {0, 0, 0};
           for (int k = 0; k < 3; ++k)

@@ -146,12 +146,8 @@ class DeployedEnergyModel(torch.nn.Module):
     ) -> torch.Tensor:
         """c⁽ᵗ⁺¹⁾ [num_local, K] of the local atoms (the block rows) from c⁽ᵗ⁾ [N, K] of local and
         ghost atoms."""
-        num_local = geometry.shape[0]
-        features, mixing = self.energy_model.density.linear_density_at_step(
-            step, geometry, radial, neighbor_blocks, coefficients
-        )
-        return self.energy_model.density.update_at_step(
-            step, coefficients[:num_local], features, atom_types[:num_local], mixing
+        return self.energy_model.density.refine_at_step(
+            step, geometry, radial, neighbor_blocks, coefficients, atom_types
         )
 
     @torch.jit.export

@@ -3,7 +3,7 @@
 import functools
 import logging
 import math
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Final, List, Optional, Tuple
 
 import torch
 from nequip.data import AtomicDataDict
@@ -30,6 +30,9 @@ class OrbitalCoefficientUpdate(torch.nn.Module):
     The network of atom j's own element reads j's own density. Its output layer starts at zero,
     so the update starts as the identity and the model starts as EANN.
     """
+
+    # it reads the density as the product G Q, so its step forms the pair mixing Q
+    takes_pair_mixing: Final[bool] = True
 
     def __init__(
         self, num_types: int, num_orbitals: int, num_gaussians: int, network: Dict[str, Any]
@@ -60,6 +63,9 @@ class FoldedCoefficientUpdate(torch.nn.Module):
         network: the update's :class:`ElementNetworks`, whose input layer is replaced
         pair_mixing: Q [F, M] of its step
     """
+
+    # Q is in its input layer: its step need not form it
+    takes_pair_mixing: Final[bool] = False
 
     def __init__(self, network: ElementNetworks, pair_mixing: torch.Tensor):
         super().__init__()
@@ -254,14 +260,18 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
         radial: torch.Tensor,
         neighbors: torch.Tensor,
         coefficients: torch.Tensor,
+        pair_mixing: bool = True,
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """:meth:`density_at_step` as a product ρ⁽ᵗ⁾ = G Q on neighbour blocks: the Gram
         matrices G [num_centers, (L_max + 1) · P] and the pair mixing Q [(L_max + 1) · P, M],
         which the update networks fold into their input layer (ρ is never formed there; the
-        [num_centers, P] × [P, M] product and its backward took ~10 % of a deployed call). On
-        edges: ρ and ``None``."""
+        [num_centers, P] × [P, M] product and its backward took ~10 % of a deployed call), or
+        ``None`` for Q without ``pair_mixing`` (a folded update holds it). On edges: ρ and
+        ``None``."""
         if neighbors.dim() == 1:
             gram = self.orbital_gram(geometry, radial, neighbors, coefficients)
+            if not pair_mixing:
+                return gram, None
             return gram, self.orbital_gram.pair_mixing(self._mixing_for_step(step))
         orbitals = edge_orbitals(geometry, radial, neighbors, coefficients, coefficients.shape[0])
         density = direct_embedded_density(
@@ -269,19 +279,27 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
         )
         return density, None
 
-    def update_at_step(
+    def refine_at_step(
         self,
         step: int,
+        geometry: torch.Tensor,
+        radial: torch.Tensor,
+        neighbors: torch.Tensor,
         coefficients: torch.Tensor,
-        density: torch.Tensor,
         atom_types: torch.Tensor,
-        mixing: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """c⁽ᵗ⁺¹⁾ [num_centers, K] from c⁽ᵗ⁾ and ρ⁽ᵗ⁾ of the same atoms (or ρ⁽ᵗ⁾ as the product
-        ``density`` · ``mixing`` of :meth:`linear_density_at_step`)."""
+        """c⁽ᵗ⁺¹⁾ [num_centers, K] of the centres (the first atoms; all atoms on edges) from
+        c⁽ᵗ⁾ [num_atoms, K] of all atoms and ``atom_types`` [num_atoms], on the blocks or edges
+        of :meth:`density_at_step`."""
         for index, update in enumerate(self.updates):
             if index == step:
-                return update(coefficients, density, atom_types, mixing)
+                features, mixing = self.linear_density_at_step(
+                    step, geometry, radial, neighbors, coefficients, update.takes_pair_mixing
+                )
+                num_centers = features.shape[0]
+                return update(
+                    coefficients[:num_centers], features, atom_types[:num_centers], mixing
+                )
         raise RuntimeError(f"no coefficient update for step {step}")
 
     def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
@@ -293,11 +311,10 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
 
         coefficients = self.initial_coefficients_of(atom_types)
         step = 0
-        for update in self.updates:
-            features, mixing = self.linear_density_at_step(
-                step, geometry, radial, neighbors, coefficients
+        for _ in self.updates:
+            coefficients = self.refine_at_step(
+                step, geometry, radial, neighbors, coefficients, atom_types
             )
-            coefficients = update(coefficients, features, atom_types, mixing)
             step += 1
         data[AtomicDataDict.NODE_FEATURES_KEY] = self.density_at_step(
             step, geometry, radial, neighbors, coefficients

@@ -484,6 +484,25 @@ def test_element_networks_float32_threads_and_empty_input():
     assert y.shape == (0, 4) and gradient.shape == (0, 10)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("hidden", [[64, 64], [70, 33]])
+def test_element_networks_wide_layers(dtype, hidden):
+    """The op's GEMM tiles (6 or 4 rows, panels of 24-64 columns) at the default widths and at
+    widths across panel boundaries: 108 inputs, elements of 1, 13 and 50 atoms (rows not a
+    whole number of tiles)."""
+    networks = ElementNetworks(3, 108, 9, hidden, 1, "tanh_like", True, [0.0, 0.0])
+    networks = randomize_parameters(networks.to(dtype), seed=3).eval()
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(5))
+    atom_types = torch.tensor([0] + [1] * 13 + [2] * 50)[order]
+    x = torch.randn(64, 108, generator=torch.Generator().manual_seed(4), dtype=dtype)
+    expected = outputs_and_input_gradient(networks, x, atom_types)
+    networks.use_fused_kernel()
+    fused = outputs_and_input_gradient(networks, x, atom_types)
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-4
+    for e, f in zip(expected, fused):
+        torch.testing.assert_close(f, e, rtol=tolerance, atol=tolerance)
+
+
 def test_element_networks_train_with_torch_form_and_refuse_parameter_gradients():
     """Training mode runs the torch form (forces are differentiated again); in eval mode the
     op gives input gradients only and says so when asked for more."""

@@ -107,10 +107,11 @@ def test_deployed_file_equals_model_energies_forces_virial(tmp_path, model_dtype
     )
 
 
-@pytest.mark.parametrize("shared_mixing", [True, False])
-def test_folding_the_pair_mixing_keeps_energies_and_forces(shared_mixing):
-    """fold_pair_mixing (deployed files) moves each step's Q W into its update networks: the
-    same energies and forces, with one mixing for all steps or one per step."""
+@pytest.mark.parametrize("shared_mixing,num_recursions", [(True, 2), (False, 2), (False, 0)])
+def test_folding_the_pair_mixing_keeps_energies_and_forces(shared_mixing, num_recursions):
+    """fold_pair_mixing and fold_final_mixing (deployed files) move each step's Q W into its
+    update networks and the final density's into the energy readout: the same energies and
+    forces, with one mixing for all steps or one per step, and for EANN (no recursion)."""
     set_global_state()
     model = randomize_parameters(
         ReannModel(
@@ -119,7 +120,8 @@ def test_folding_the_pair_mixing_keeps_energies_and_forces(shared_mixing):
             type_names=TYPE_NAMES,
             r_max=R_MAX,
             num_gaussians=4,
-            num_recursions=2,
+            num_orbitals=12,
+            num_recursions=num_recursions,
             shared_mixing=shared_mixing,
             energy_network={"hidden": [8]},
             coefficient_network={"hidden": [8]},
@@ -129,9 +131,13 @@ def test_folding_the_pair_mixing_keeps_energies_and_forces(shared_mixing):
     data = model_input(triclinic_frame(), TYPE_NAMES, R_MAX)
     expected = model(dict(data))
     density = model.model.func.density
-    density.fold_pair_mixing()
+    readout = model.model.func.atomic_energy
+    for _ in range(2):  # a second time: no change
+        density.fold_pair_mixing()
+        density.fold_final_mixing(model)
     assert all(type(u).__name__ == "FoldedCoefficientUpdate" for u in density.updates)
-    density.fold_pair_mixing()  # a second time: no change
+    # the readout reads the Gram matrices G: (L_max + 1) K (K + 1) / 2 = 30 columns, not M = 12
+    assert density.writes_gram and readout.network.input_linear.weight.shape[1] == 30
     folded = model(dict(data))
     for key in ("atomic_energy", "forces"):
         torch.testing.assert_close(folded[key], expected[key], rtol=1e-10, atol=1e-12)

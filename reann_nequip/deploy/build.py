@@ -169,8 +169,9 @@ def save_deployed(
     (:meth:`~reann_nequip.nn.RecursiveEmbeddedDensity.use_fused_kernels`,
     :meth:`~reann_nequip.nn.SpeciesGaussianBasis.use_fused_kernels`,
     :func:`~reann_nequip.nn.element_networks.use_fused_networks`), fold each recursion step's
-    pair mixing into its update networks
-    (:meth:`~reann_nequip.nn.RecursiveEmbeddedDensity.fold_pair_mixing`) and are frozen
+    pair mixing into its update networks and the final one into the energy readout
+    (:meth:`~reann_nequip.nn.RecursiveEmbeddedDensity.fold_pair_mixing`,
+    :meth:`~reann_nequip.nn.RecursiveEmbeddedDensity.fold_final_mixing`) and are frozen
     (``torch.jit.freeze``, the coefficient-exchange methods kept); ``graph_model`` itself is
     left unchanged."""
     metadata = deployed_metadata(graph_model, units, source)
@@ -179,6 +180,7 @@ def save_deployed(
         density = _reann_stage(graph_model, "density", source)
         density.use_fused_kernels()
         density.fold_pair_mixing()
+        density.fold_final_mixing(graph_model)
         _reann_stage(graph_model, "radial_basis", source).use_fused_kernels()
         use_fused_networks(graph_model)
         # the per-atom energy part, inside the ForceStressOutput

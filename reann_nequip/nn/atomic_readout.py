@@ -18,7 +18,9 @@ class AtomicScalarReadout(GraphModuleMixin, torch.nn.Module):
     isolated-atom reference energy). REANN instead puts the mean energy per atom into the output
     bias; the difference is a constant per element, carried by the shift.
 
-    Reads ``node_features`` [num_atoms, M]; writes ``out_field`` [num_atoms, num_scalars].
+    Reads ``node_features`` [num_atoms, M] (in deployed energy files the Gram matrices G
+    [num_atoms, F] of ρ = G Q, Q folded into the network's input layer); writes
+    ``out_field`` [num_atoms, num_scalars].
 
     Args:
         type_names (list[str]): element names

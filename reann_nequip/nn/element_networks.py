@@ -243,6 +243,15 @@ class ElementNetworks(torch.nn.Module):
             out = torch.index_copy(out, 0, atoms, y)
         return out
 
+    def fold_input_mixing(self, mixing: torch.Tensor) -> None:
+        """The input layer takes a fixed linear map Q [F, in_features] of its input, W ← Q W
+        [num_types, F, H], once: the networks then read x [num_atoms, F] where they read x Q
+        before (deployed files; W no longer trains)."""
+        layer = self.input_linear
+        with torch.no_grad():
+            folded = torch.matmul(mixing, layer.weight)
+        layer.weight = torch.nn.Parameter(folded, requires_grad=False)
+
     def use_fused_kernel(self) -> None:
         """Run eval mode with the C++ op; raises if the kernel library is not built."""
         load_kernels()

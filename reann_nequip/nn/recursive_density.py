@@ -6,6 +6,7 @@ import math
 from typing import Any, Dict, Final, List, Optional, Tuple
 
 import torch
+from e3nn.o3._irreps import Irreps
 from nequip.data import AtomicDataDict
 from nequip.nn import GraphModuleMixin
 
@@ -70,10 +71,7 @@ class FoldedCoefficientUpdate(torch.nn.Module):
     def __init__(self, network: ElementNetworks, pair_mixing: torch.Tensor):
         super().__init__()
         self.network = network
-        layer = network.input_linear
-        with torch.no_grad():
-            folded = torch.matmul(pair_mixing, layer.weight)  # [num_types, F, H]
-        layer.weight = torch.nn.Parameter(folded, requires_grad=False)
+        network.fold_input_mixing(pair_mixing)
 
     def forward(
         self,
@@ -162,6 +160,8 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
                 for _ in range(num_recursions)
             ]
         )
+        # after fold_final_mixing: ρ⁽ᵀ⁾ written as its Gram matrices G, its readout holding Q
+        self.writes_gram = False
         self._model_dtype = torch.get_default_dtype()
         self._init_irreps(
             irreps_in=irreps_in,
@@ -194,6 +194,29 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
                 for step, update in enumerate(self.updates)
             ]
         )
+
+    def fold_final_mixing(self, model: torch.nn.Module) -> None:
+        """For deployed energy files: the pair mixing Q [F, M] of the final density ρ⁽ᵀ⁾ = G Q
+        moves into the input layer of the energy readout (the stage ``atomic_energy`` of
+        ``model``, which holds this module); this module then writes G (``node_features``
+        [num_atoms, F], F = (L_max + 1) P, so declared by every stage of ``model``), and the
+        [num_atoms, F] × [F, M] product and its backward leave every call (~3 % of a float64
+        call at 12,288 water atoms). Eval on neighbour blocks only, as :meth:`fold_pair_mixing`.
+        Folding again changes nothing."""
+        if self.writes_gram:
+            return
+        readouts = [m for n, m in model.named_modules() if n.split(".")[-1] == "atomic_energy"]
+        if len(readouts) != 1:
+            raise ValueError(f"expected one energy readout `atomic_energy`, found {len(readouts)}")
+        pair_mixing = self.orbital_gram.pair_mixing(self._mixing_for_step(len(self.updates)))
+        readouts[0].network.fold_input_mixing(pair_mixing)
+        gram_irreps = Irreps(f"{pair_mixing.shape[0]}x0e")
+        for stage in model.modules():
+            if isinstance(stage, GraphModuleMixin):
+                for irreps in (stage.irreps_in, stage.irreps_out):
+                    if AtomicDataDict.NODE_FEATURES_KEY in irreps:
+                        irreps[AtomicDataDict.NODE_FEATURES_KEY] = gram_irreps
+        self.writes_gram = True
 
     def _mixing_for_step(self, step: int) -> torch.Tensor:
         """W[L] [L_max + 1, K, M] of recursion step ``step`` (shared, or one per step)."""
@@ -247,9 +270,10 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
         """ρ⁽ᵗ⁾ [num_centers, M] from the coefficients c⁽ᵗ⁾ [num_atoms, K] of all atoms, on the
         neighbour blocks of :meth:`geometry` (``neighbors`` [num_centers · max_neighbors]) or
         the edges of :meth:`edge_geometry` (``neighbors`` = ``edge_index`` [2, num_edges],
-        centres = all atoms)."""
+        centres = all atoms). After :meth:`fold_final_mixing`, ρ⁽ᵀ⁾ as its Gram matrices G."""
+        final_as_gram = self.writes_gram and step == len(self.updates)
         features, mixing = self.linear_density_at_step(
-            step, geometry, radial, neighbors, coefficients
+            step, geometry, radial, neighbors, coefficients, not final_as_gram
         )
         return features if mixing is None else torch.mm(features, mixing)
 
@@ -305,6 +329,9 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
     def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
         atom_types = data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
         if capturing_graph():
+            if self.writes_gram:
+                # the edge form writes ρ, which the folded readout would read as G
+                raise RuntimeError("a model with folded pair mixing (deployed) cannot be captured")
             geometry, radial, neighbors = self.edge_geometry(data)
         else:
             geometry, radial, neighbors = self.geometry(data, atom_types.shape[0])

@@ -11,6 +11,7 @@ from ase import Atoms
 from ase.io import read
 from nequip.data import AtomicDataDict
 from nequip.utils.global_state import set_global_state
+from torch.fx.experimental.proxy_tensor import make_fx
 
 from reann_nequip.deploy import DeployedEnergyModel, deploy, read_metadata, save_deployed
 from reann_nequip.deploy.kernels import load_deployed_file
@@ -141,6 +142,12 @@ def test_folding_the_pair_mixing_keeps_energies_and_forces(shared_mixing, num_re
     folded = model(dict(data))
     for key in ("atomic_energy", "forces"):
         torch.testing.assert_close(folded[key], expected[key], rtol=1e-10, atol=1e-12)
+    # the captured (edge) form would give the folded readout ρ where it reads G
+    keys = sorted(key for key, value in data.items() if torch.is_tensor(value))
+    with pytest.raises(RuntimeError, match="cannot be captured"):
+        make_fx(lambda *tensors: model(dict(zip(keys, tensors)))[AtomicDataDict.TOTAL_ENERGY_KEY])(
+            *[data[key] for key in keys]
+        )
 
 
 def test_ghost_shell_form_equals_periodic_images():

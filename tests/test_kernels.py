@@ -487,7 +487,7 @@ def test_element_networks_float32_threads_and_empty_input():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("hidden", [[64, 64], [70, 33]])
 def test_element_networks_wide_layers(dtype, hidden):
-    """The op's GEMM tiles (6 or 4 rows, panels of 24-64 columns) at the default widths and at
+    """The op's GEMM tiles (6 or 4 rows, panels of 12-64 columns) at the default widths and at
     widths across panel boundaries: 108 inputs, elements of 1, 13 and 50 atoms (rows not a
     whole number of tiles)."""
     networks = ElementNetworks(3, 108, 9, hidden, 1, "tanh_like", True, [0.0, 0.0])

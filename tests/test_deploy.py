@@ -135,7 +135,7 @@ def test_folding_the_pair_mixing_keeps_energies_and_forces(shared_mixing, num_re
     readout = model.model.func.atomic_energy
     for _ in range(2):  # a second time: no change
         density.fold_pair_mixing()
-        density.fold_final_mixing(model)
+        density.fold_final_mixing(readout, model)
     assert all(type(u).__name__ == "FoldedCoefficientUpdate" for u in density.updates)
     # the readout reads the Gram matrices G: (L_max + 1) K (K + 1) / 2 = 30 columns, not M = 12
     assert density.writes_gram and readout.network.input_linear.weight.shape[1] == 30

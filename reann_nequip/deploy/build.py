@@ -93,8 +93,9 @@ _TENSOR_KINDS = {
 
 
 def _reann_stage(graph_model: torch.nn.Module, stage: str, source: str) -> torch.nn.Module:
-    """The stage ``density`` (``RecursiveEmbeddedDensity``) or ``radial_basis``
-    (``SpeciesGaussianBasis``) inside any reann_nequip model."""
+    """The stage ``density`` (``RecursiveEmbeddedDensity``), ``radial_basis``
+    (``SpeciesGaussianBasis``) or ``atomic_energy`` (``AtomicScalarReadout``) inside any
+    reann_nequip model."""
     for name, module in graph_model.model.named_modules():
         if name.split(".")[-1] == stage:
             return module
@@ -180,7 +181,8 @@ def save_deployed(
         density = _reann_stage(graph_model, "density", source)
         density.use_fused_kernels()
         density.fold_pair_mixing()
-        density.fold_final_mixing(graph_model)
+        readout = _reann_stage(graph_model, "atomic_energy", source)
+        density.fold_final_mixing(readout, graph_model)
         _reann_stage(graph_model, "radial_basis", source).use_fused_kernels()
         use_fused_networks(graph_model)
         # the per-atom energy part, inside the ForceStressOutput

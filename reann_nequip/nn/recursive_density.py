@@ -195,21 +195,18 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, torch.nn.Module):
             ]
         )
 
-    def fold_final_mixing(self, model: torch.nn.Module) -> None:
+    def fold_final_mixing(self, readout: torch.nn.Module, model: torch.nn.Module) -> None:
         """For deployed energy files: the pair mixing Q [F, M] of the final density ρ⁽ᵀ⁾ = G Q
-        moves into the input layer of the energy readout (the stage ``atomic_energy`` of
-        ``model``, which holds this module); this module then writes G (``node_features``
-        [num_atoms, F], F = (L_max + 1) P, so declared by every stage of ``model``), and the
-        [num_atoms, F] × [F, M] product and its backward leave every call (~3 % of a float64
-        call at 12,288 water atoms). Eval on neighbour blocks only, as :meth:`fold_pair_mixing`.
-        Folding again changes nothing."""
+        moves into the input layer of ``readout``'s ``network`` (the energy readout, the stage
+        of ``model`` that reads ``node_features``); this module then writes G
+        (``node_features`` [num_atoms, F], F = (L_max + 1) P, so declared by every stage of
+        ``model``), and the [num_atoms, F] × [F, M] product and its backward leave every call
+        (~3 % of a float64 call at 12,288 water atoms). Eval on neighbour blocks only, as
+        :meth:`fold_pair_mixing`. Folding again changes nothing."""
         if self.writes_gram:
             return
-        readouts = [m for n, m in model.named_modules() if n.split(".")[-1] == "atomic_energy"]
-        if len(readouts) != 1:
-            raise ValueError(f"expected one energy readout `atomic_energy`, found {len(readouts)}")
         pair_mixing = self.orbital_gram.pair_mixing(self._mixing_for_step(len(self.updates)))
-        readouts[0].network.fold_input_mixing(pair_mixing)
+        readout.network.fold_input_mixing(pair_mixing)
         gram_irreps = Irreps(f"{pair_mixing.shape[0]}x0e")
         for stage in model.modules():
             if isinstance(stage, GraphModuleMixin):

@@ -346,6 +346,40 @@ def test_radial_functions_refuse_bad_inputs_and_second_derivatives():
     assert empty.shape == (0, 3)
 
 
+BLOCK_CACHE_SCRIPT = """
+import torch
+from reann_nequip.nn.kernels import load_kernels
+load_kernels()
+torch.ops.reann.block_cache_install()
+
+
+def address_of_block(slots):
+    # a float64 [centres, slots, Gaussians] neighbour block of 7-9 MiB, freed at once
+    return torch.empty(2048, slots, 8, dtype=torch.float64).data_ptr()
+
+
+first = address_of_block(62)
+assert torch.ops.reann.block_cache_bytes() > 0, "the freed block was not kept"
+for slots in (63, 65, 72, 58, 62):
+    assert address_of_block(slots) == first, f"{slots} slots took a fresh block"
+assert address_of_block(40) != first, "a much smaller block took the large one"
+torch.ops.reann.block_cache_next_step()
+torch.ops.reann.block_cache_next_step()
+assert torch.ops.reann.block_cache_bytes() == 0, "blocks unused for a step were not returned"
+"""
+
+
+def test_block_cache_reuses_blocks_as_neighbour_blocks_grow_and_shrink():
+    """When the widest neighbour list changes by a few slots, every [centres, slots, K] block
+    changes size: the cache hands out the freed block again instead of fresh pages (faulted in
+    and zeroed by the kernel), and returns what a whole step did not use. Its own process: the
+    cache replaces torch's CPU allocator for good."""
+    result = subprocess.run(
+        [sys.executable, "-c", BLOCK_CACHE_SCRIPT], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 def test_missing_kernel_library_is_a_clear_error(tmp_path):
     script = (
         "import reann_nequip.integrations.lammps as lammps\n"

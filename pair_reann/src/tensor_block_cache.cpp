@@ -22,6 +22,12 @@ size_t size_class(size_t bytes)
   return (bytes + step - 1) / step * step;
 }
 
+// the largest free block a request of `size` (a size class) may take: a quarter more
+size_t largest_fit(size_t size)
+{
+  return size + size / 4;
+}
+
 }    // namespace
 
 bool TensorBlockCache::is_installed = false;
@@ -53,16 +59,21 @@ c10::DataPtr TensorBlockCache::allocate(size_t bytes)
   void *ptr = nullptr;
   {
     std::lock_guard<std::mutex> lock(mutex);
-    auto found = free_blocks.find(size);
-    if (found != free_blocks.end() && !found->second.empty()) {
-      ptr = found->second.back().ptr;
-      found->second.pop_back();
-    }
+    for (auto found = free_blocks.lower_bound(size);
+         found != free_blocks.end() && found->first <= largest_fit(size); ++found)
+      if (!found->second.empty()) {
+        ptr = found->second.back().ptr;
+        found->second.pop_back();
+        break;
+      }
   }
   if (ptr == nullptr) {
-    if (posix_memalign(&ptr, kAlignment, size) != 0) throw std::bad_alloc();
+    // one class of headroom, so that the block still fits when the neighbour blocks grow by a
+    // slot or two: fresh pages cost more than the memory (they are faulted in and zeroed)
+    const size_t fresh = size_class(size + 1);
+    if (posix_memalign(&ptr, kAlignment, fresh) != 0) throw std::bad_alloc();
     std::lock_guard<std::mutex> lock(mutex);
-    size_of_block[ptr] = size;
+    size_of_block[ptr] = fresh;
   }
   return {ptr, ptr, &free_block, c10::Device(c10::DeviceType::CPU)};
 }

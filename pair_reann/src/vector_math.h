@@ -1,5 +1,6 @@
 /* Elementwise exp and sincos over arrays, vectorised with Sleef (torch's vector math library,
-   exported by libtorch_cpu) when the kernels are built with AVX2. */
+   exported by libtorch_cpu) in the widest registers the kernels are built for: 512 bits with
+   AVX-512, 256 with AVX2, scalar std::exp / sin / cos otherwise and for the remainder. */
 
 #pragma once
 
@@ -13,65 +14,71 @@
 
 namespace reann {
 
+// One register of Sleef's: lanes (0: no vector code), unaligned load and store, exp and sincos
+// (whose result has the sines in .x and the cosines in .y)
+template <typename T> struct SleefVector {
+  static constexpr int64_t lanes = 0;
+};
+
+#if defined(__AVX512F__)
+template <> struct SleefVector<float> {
+  static constexpr int64_t lanes = 16;
+  static __m512 load(const float *p) { return _mm512_loadu_ps(p); }
+  static void store(float *p, __m512 v) { _mm512_storeu_ps(p, v); }
+  static __m512 exp(__m512 v) { return Sleef_expf16_u10(v); }
+  static Sleef___m512_2 sincos(__m512 v) { return Sleef_sincosf16_u10(v); }
+};
+
+template <> struct SleefVector<double> {
+  static constexpr int64_t lanes = 8;
+  static __m512d load(const double *p) { return _mm512_loadu_pd(p); }
+  static void store(double *p, __m512d v) { _mm512_storeu_pd(p, v); }
+  static __m512d exp(__m512d v) { return Sleef_expd8_u10(v); }
+  static Sleef___m512d_2 sincos(__m512d v) { return Sleef_sincosd8_u10(v); }
+};
+#elif defined(__AVX2__)
+template <> struct SleefVector<float> {
+  static constexpr int64_t lanes = 8;
+  static __m256 load(const float *p) { return _mm256_loadu_ps(p); }
+  static void store(float *p, __m256 v) { _mm256_storeu_ps(p, v); }
+  static __m256 exp(__m256 v) { return Sleef_expf8_u10(v); }
+  static Sleef___m256_2 sincos(__m256 v) { return Sleef_sincosf8_u10(v); }
+};
+
+template <> struct SleefVector<double> {
+  static constexpr int64_t lanes = 4;
+  static __m256d load(const double *p) { return _mm256_loadu_pd(p); }
+  static void store(double *p, __m256d v) { _mm256_storeu_pd(p, v); }
+  static __m256d exp(__m256d v) { return Sleef_expd4_u10(v); }
+  static Sleef___m256d_2 sincos(__m256d v) { return Sleef_sincosd4_u10(v); }
+};
+#endif
+
 // x[i] = exp(x[i]), i < n
 template <typename T> inline void exp_in_place(T *x, int64_t n)
 {
-  for (int64_t i = 0; i < n; ++i) x[i] = std::exp(x[i]);
-}
-
-#if defined(__AVX2__)
-template <> inline void exp_in_place<float>(float *x, int64_t n)
-{
+  using V = SleefVector<T>;
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, Sleef_expf8_u10(_mm256_loadu_ps(x + i)));
+  if constexpr (V::lanes > 0)
+    for (; i + V::lanes <= n; i += V::lanes) V::store(x + i, V::exp(V::load(x + i)));
   for (; i < n; ++i) x[i] = std::exp(x[i]);
 }
 
-template <> inline void exp_in_place<double>(double *x, int64_t n)
-{
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) _mm256_storeu_pd(x + i, Sleef_expd4_u10(_mm256_loadu_pd(x + i)));
-  for (; i < n; ++i) x[i] = std::exp(x[i]);
-}
-#endif
-
-// c[i] = cos(x[i]), s[i] = sin(x[i]), i < n
+// s[i] = sin(x[i]), c[i] = cos(x[i]), i < n
 template <typename T> inline void sincos(const T *x, int64_t n, T *s, T *c)
 {
-  for (int64_t i = 0; i < n; ++i) {
-    s[i] = std::sin(x[i]);
-    c[i] = std::cos(x[i]);
-  }
-}
-
-#if defined(__AVX2__)
-template <> inline void sincos<float>(const float *x, int64_t n, float *s, float *c)
-{
+  using V = SleefVector<T>;
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const Sleef___m256_2 sc = Sleef_sincosf8_u10(_mm256_loadu_ps(x + i));
-    _mm256_storeu_ps(s + i, sc.x);
-    _mm256_storeu_ps(c + i, sc.y);
-  }
+  if constexpr (V::lanes > 0)
+    for (; i + V::lanes <= n; i += V::lanes) {
+      const auto sc = V::sincos(V::load(x + i));
+      V::store(s + i, sc.x);
+      V::store(c + i, sc.y);
+    }
   for (; i < n; ++i) {
     s[i] = std::sin(x[i]);
     c[i] = std::cos(x[i]);
   }
 }
-
-template <> inline void sincos<double>(const double *x, int64_t n, double *s, double *c)
-{
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    const Sleef___m256d_2 sc = Sleef_sincosd4_u10(_mm256_loadu_pd(x + i));
-    _mm256_storeu_pd(s + i, sc.x);
-    _mm256_storeu_pd(c + i, sc.y);
-  }
-  for (; i < n; ++i) {
-    s[i] = std::sin(x[i]);
-    c[i] = std::cos(x[i]);
-  }
-}
-#endif
 
 }  // namespace reann

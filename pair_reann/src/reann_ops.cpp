@@ -71,10 +71,17 @@ template <typename F> void with_kernel_sizes(const Sizes &s, F &&f)
     f(KernelSizes<0>{s});
 }
 
-// SIMD vectors of 32 bytes (GCC/Clang vector extensions; one AVX register, or two SSE ones)
+// SIMD vectors (GCC/Clang vector extensions) of 8 lanes with AVX-512, so that REANN's K = 8
+// Gaussians fill one register in float32 (256 bits) and in float64 (512 bits) alike; of 32 bytes
+// otherwise (one AVX register or two SSE ones: 8 floats, 4 doubles)
 template <typename T> struct Simd {
-  typedef T vec __attribute__((vector_size(32)));
-  static constexpr int64_t lanes = 32 / sizeof(T);
+#if defined(__AVX512F__)
+  static constexpr int64_t bytes = 8 * sizeof(T);
+#else
+  static constexpr int64_t bytes = 32;
+#endif
+  typedef T vec __attribute__((vector_size(bytes)));
+  static constexpr int64_t lanes = bytes / sizeof(T);
   static vec load(const T *p)
   {
     vec v;
@@ -85,7 +92,7 @@ template <typename T> struct Simd {
 };
 
 // Vectors of 8 neighbour slots, the chunks the density kernel works in: one AVX register of
-// floats, two of doubles
+// floats, two of doubles (one with AVX-512)
 template <typename T> struct SlotChunk {
   typedef T vec __attribute__((vector_size(8 * sizeof(T))));
   static constexpr int64_t lanes = 8;
@@ -374,8 +381,8 @@ void add_monomial_hessian(const T *ga, const T *hv, const int64_t *exponents, co
 }
 
 // out[m * 8 + l] = in[l * in_stride + m], l, m < 8: an 8 x 8 block transposed in registers
-// by unpacking pairs, then pairs of pairs, then halves (float), or as four 4 x 4 blocks of
-// AVX registers (double)
+// by unpacking pairs, then pairs of pairs, then halves (8 lanes: float, and double with
+// AVX-512), or as four 4 x 4 blocks (4 lanes: double without AVX-512)
 template <typename T> void transpose_block(const T *in, int64_t in_stride, T *out)
 {
   using S = Simd<T>;
@@ -399,7 +406,7 @@ template <typename T> void transpose_block(const T *in, int64_t in_stride, T *ou
                __builtin_shufflevector(u[m], u[m + 4], 4, 5, 6, 7, 12, 13, 14, 15));
     }
   } else {
-    static_assert(S::lanes == 4, "transpose_block: AVX registers of 8 floats or 4 doubles");
+    static_assert(S::lanes == 4, "transpose_block: SIMD vectors of 8 or 4 lanes");
     for (int l0 = 0; l0 < 8; l0 += 4)
       for (int m0 = 0; m0 < 8; m0 += 4) {
         vec r[4], t[4];

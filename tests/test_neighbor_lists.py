@@ -157,6 +157,16 @@ def test_kernel_neighbor_list_edge_cases():
         (1, 2, 0.0, 0.0, 0.0),
         (2, 1, 0.0, 0.0, 0.0),
     }
+    # two dense clusters 1,000 Å apart: the mean density over the span underestimates the edges
+    # ~20-fold, so the edge buffers grow several times
+    rng = np.random.default_rng(0)
+    clusters = np.concatenate(
+        [rng.uniform(0.0, 3.0, (200, 3)), rng.uniform(0.0, 3.0, (200, 3)) + [1000.0, 0.0, 0.0]]
+    )
+    args = (clusters, np.eye(3), [False] * 3, 5.0)
+    edges = _kernel_edges(*args)
+    assert len(edges) == 2 * 200 * 199
+    assert edges == _ase_edges(*args)
 
 
 @needs_kernels

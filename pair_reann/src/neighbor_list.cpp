@@ -10,8 +10,10 @@
 
    The atoms are binned in the fractional coordinates of a basis H whose periodic rows are the
    cell vectors and whose other rows are orthonormal and orthogonal to them (so that they measure
-   Cartesian distance). Bins are at least one cutoff wide along each direction unless a cell is
-   thinner than the cutoff, in which case the search reaches as many images as needed. */
+   Cartesian distance). Bins are at least half a cutoff wide (at most ~2 N + 27 of them), and each
+   atom's search reaches as many bins, and periodic images, as the cutoff spans. The edges go
+   straight into tensors from torch's allocator, so pair_reann's block cache (`memory keep`)
+   recycles them between calls. */
 
 #include <torch/library.h>
 #include <torch/script.h>
@@ -76,6 +78,76 @@ std::array<Vec3, 3> binning_basis(const std::array<Vec3, 3> &cell, const std::ar
     if (!(std::abs(dot(cell[0], cross(cell[1], cell[2]))) > 0)) singular();
   }
   return basis;
+}
+
+// The edges as they are found: centre and neighbour, Cartesian image shift (Å) and length (Å),
+// written into tensors whose capacity doubles when it runs out
+class EdgeBuffers {
+ public:
+  EdgeBuffers(const torch::TensorOptions &options, int64_t capacity) : options(options)
+  {
+    reallocate(std::max<int64_t>(capacity, 16));
+  }
+
+  void add(int64_t center, int64_t neighbor, const Vec3 &shift, double length)
+  {
+    if (count == capacity) reallocate(2 * capacity);
+    center_data[count] = center;
+    neighbor_data[count] = neighbor;
+    for (int d = 0; d < 3; ++d) shift_data[3 * count + d] = shift[d];
+    length_data[count] = length;
+    ++count;
+  }
+
+  // edge_index [2, E], shift [E, 3], length [E]
+  std::tuple<Tensor, Tensor, Tensor> finished() const
+  {
+    return {torch::stack({centers.narrow(0, 0, count), neighbors.narrow(0, 0, count)}),
+            shifts.narrow(0, 0, count), lengths.narrow(0, 0, count)};
+  }
+
+ private:
+  void reallocate(int64_t new_capacity)
+  {
+    const torch::TensorOptions indices = options.dtype(torch::kInt64);
+    Tensor c = torch::empty({new_capacity}, indices), n = torch::empty({new_capacity}, indices);
+    Tensor s = torch::empty({new_capacity, 3}, options), l = torch::empty({new_capacity}, options);
+    if (count > 0) {
+      c.narrow(0, 0, count).copy_(centers.narrow(0, 0, count));
+      n.narrow(0, 0, count).copy_(neighbors.narrow(0, 0, count));
+      s.narrow(0, 0, count).copy_(shifts.narrow(0, 0, count));
+      l.narrow(0, 0, count).copy_(lengths.narrow(0, 0, count));
+    }
+    centers = c;
+    neighbors = n;
+    shifts = s;
+    lengths = l;
+    center_data = c.data_ptr<int64_t>();
+    neighbor_data = n.data_ptr<int64_t>();
+    shift_data = s.data_ptr<double>();
+    length_data = l.data_ptr<double>();
+    capacity = new_capacity;
+  }
+
+  torch::TensorOptions options;
+  Tensor centers, neighbors, shifts, lengths;
+  int64_t *center_data = nullptr, *neighbor_data = nullptr;
+  double *shift_data = nullptr, *length_data = nullptr;
+  int64_t count = 0, capacity = 0;
+};
+
+// A first guess at the number of edges: the atoms' mean density in the region they occupy (the
+// whole cell along periodic directions, their extent, at least one cutoff, along open ones) times
+// the cutoff sphere, with a quarter to spare; at most N + 64 per atom
+int64_t initial_edge_capacity(int64_t N, double cutoff, const std::array<bool, 3> &pbc,
+                              double volume, const Vec3 &low, const Vec3 &high)
+{
+  double region = std::abs(volume);
+  for (int k = 0; k < 3; ++k)
+    if (!pbc[k]) region *= std::max(high[k] - low[k], cutoff);
+  const double sphere = 4.0 / 3.0 * M_PI * cutoff * cutoff * cutoff;
+  const double per_atom = std::min(1.25 * N / region * sphere, static_cast<double>(N) + 64);
+  return static_cast<int64_t>(std::ceil(N * per_atom));
 }
 
 std::tuple<Tensor, Tensor, Tensor> neighbor_list(const Tensor &pos_in, const Tensor &cell_in,
@@ -200,12 +272,13 @@ std::tuple<Tensor, Tensor, Tensor> neighbor_list(const Tensor &pos_in, const Ten
     ys[m] = wrapped[3 * members[m] + 1];
     zs[m] = wrapped[3 * members[m] + 2];
   }
-  struct Edge {
-    int64_t center, neighbor;
-    std::array<int64_t, 3> image;
-    double length;
-  };
-  std::vector<Edge> edges;
+  // the edges, in buffers sized from the atoms' density and doubled when that falls short
+  EdgeBuffers out(pos_t.options(),
+                  initial_edge_capacity(N, cutoff, pbc, volume, low, high));
+  // the Cartesian shift of one image of each periodic cell vector (non-periodic rows: 0)
+  std::array<Vec3, 3> periodic_cell{};
+  for (int k = 0; k < 3; ++k)
+    if (pbc[k]) periodic_cell[k] = cell[k];
   const double cutoff2 = cutoff * cutoff;
   // the bin and periodic image of bin position b along axis k (false: outside an open axis)
   const auto place = [&](int k, int64_t b, int64_t &bin, int64_t &image) {
@@ -262,35 +335,20 @@ std::tuple<Tensor, Tensor, Tensor> neighbor_list(const Tensor &pos_in, const Ten
             const int64_t m = within[w], j = members[m];
             if (home && j == i) continue;
             // x_j + image H - x_i in terms of the unwrapped positions
-            edges.push_back({i, j,
-                             {image[0] + wraps[3 * i] - wraps[3 * j],
-                              image[1] + wraps[3 * i + 1] - wraps[3 * j + 1],
-                              image[2] + wraps[3 * i + 2] - wraps[3 * j + 2]},
-                             std::sqrt(distance2[m])});
+            Vec3 shift{0, 0, 0};
+            for (int k = 0; k < 3; ++k) {
+              const int64_t whole = image[k] + wraps[3 * i + k] - wraps[3 * j + k];
+              for (int d = 0; d < 3; ++d)
+                shift[d] += static_cast<double>(whole) * periodic_cell[k][d];
+            }
+            out.add(i, j, shift, std::sqrt(distance2[m]));
           }
         }
       }
     }
   }
 
-  const int64_t E = static_cast<int64_t>(edges.size());
-  Tensor edge_index = torch::empty({2, E}, pos_t.options().dtype(torch::kInt64));
-  Tensor shift = torch::empty({E, 3}, pos_t.options());
-  Tensor length = torch::empty({E}, pos_t.options());
-  int64_t *centers = edge_index.data_ptr<int64_t>(), *neighbors = centers + E;
-  double *s = shift.data_ptr<double>(), *l = length.data_ptr<double>();
-  for (int64_t e = 0; e < E; ++e) {
-    centers[e] = edges[e].center;
-    neighbors[e] = edges[e].neighbor;
-    l[e] = edges[e].length;
-    for (int d = 0; d < 3; ++d) {
-      double value = 0;
-      for (int k = 0; k < 3; ++k)
-        if (pbc[k]) value += static_cast<double>(edges[e].image[k]) * cell[k][d];
-      s[3 * e + d] = value;
-    }
-  }
-  return {edge_index, shift, length};
+  return out.finished();
 }
 
 }    // namespace

@@ -11,6 +11,7 @@ Example::
 
     .venv/bin/python benchmarks/bench_md.py --data ../shared/data/water_deepmd
     .venv/bin/python benchmarks/bench_md.py --sizes 192 1536 --ranks 1 2 --dtypes float32
+    .venv/bin/python benchmarks/bench_md.py --ranks 1 --repeats 3  # float64 / float32 by round
 """
 
 import argparse
@@ -199,71 +200,124 @@ def main(argv: Optional[List[str]] = None) -> None:
         choices=["keep", "release"],
         help="pair_style reann memory policy: keep freed memory in the process, or return it",
     )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="runs of every configuration, all configurations once per round: the table gives "
+        "the best and each run, and float64 / float32 of the same round",
+    )
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, found {args.repeats}")
 
     from ase.io import write
 
+    configurations = [
+        (dtype, memory, size, ranks, mode)
+        for dtype, memory in itertools.product(args.dtypes, args.memory)
+        for size in args.sizes
+        for ranks in args.ranks
+        for mode in (["images"] if ranks == 1 else args.modes)
+        if not (mode == "shell" and size > SHELL_MAX_ATOMS)
+    ]
+    # every configuration's runs, one per round
+    runs: Dict[Tuple, List[Dict]] = {configuration: [] for configuration in configurations}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
         write(tmp / "water.lmp", water_frame(args.data), format="lammps-data", specorder=TYPE_NAMES)
         models = deploy_default_models(tmp, args.dtypes)
-        rows = []
-        for dtype, memory in itertools.product(args.dtypes, args.memory):
-            for size in args.sizes:
-                for ranks in args.ranks:
-                    for mode in ["images"] if ranks == 1 else args.modes:
-                        if mode == "shell" and size > SHELL_MAX_ATOMS:
-                            continue
-                        steps = args.steps or max(5, min(MAX_STEPS, 200000 // size))
-                        workdir = tmp / f"{dtype}_{memory}_{size}_{ranks}_{mode}"
-                        workdir.mkdir()
-                        (workdir / "water.lmp").write_bytes((tmp / "water.lmp").read_bytes())
-                        row = run_lammps(
-                            workdir, models[dtype], REPLICAS[size], ranks, steps, mode, memory
-                        )
-                        rows.append(
-                            {
-                                "dtype": dtype,
-                                "memory": memory,
-                                "ranks": ranks,
-                                "mode": mode,
-                                "steps": steps,
-                                **row,
-                            }
-                        )
-                        print(
-                            f"  {dtype} memory {memory} {row['atoms']:>6} atoms {ranks} rank(s) "
-                            f"{mode}: {row['us_per_atom_step']:.1f} µs/atom-step",
-                            file=sys.stderr,
-                            flush=True,
-                        )
+        for round_index in range(args.repeats):
+            for configuration in configurations:
+                dtype, memory, size, ranks, mode = configuration
+                steps = steps_for(size, args.steps)
+                workdir = tmp / f"{dtype}_{memory}_{size}_{ranks}_{mode}_{round_index}"
+                workdir.mkdir()
+                (workdir / "water.lmp").write_bytes((tmp / "water.lmp").read_bytes())
+                row = run_lammps(workdir, models[dtype], REPLICAS[size], ranks, steps, mode, memory)
+                runs[configuration].append(row)
+                print(
+                    f"  round {round_index + 1}: {dtype} memory {memory} {row['atoms']:>6} atoms "
+                    f"{ranks} rank(s) {mode}: {row['us_per_atom_step']:.1f} µs/atom-step",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     print(
         f"\npair_style reann, bulk water, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, 1 torch thread per rank\n"
+        f"{os.cpu_count()} cores, 1 torch thread per rank, {args.repeats} run(s) of each\n"
     )
+    print(format_runs_table(runs, args.steps))
+    ratios = format_dtype_ratio_table(runs)
+    if ratios:
+        print(f"\n{ratios}")
+
+
+def steps_for(size: int, steps: Optional[int]) -> int:
+    """MD steps at ``size`` atoms: ``steps``, or ~2e5 atom-steps within 5 … MAX_STEPS."""
+    return steps or max(5, min(MAX_STEPS, 200000 // size))
+
+
+def best(rows: List[Dict]) -> float:
+    return min(row["us_per_atom_step"] for row in rows)
+
+
+def format_runs_table(runs: Dict[Tuple, List[Dict]], steps: Optional[int]) -> str:
+    """One row per configuration: the best µs/atom-step of its runs (speed-up and efficiency
+    against the best one-rank run), the largest pair share and peak RSS, and every run."""
     serial = {
-        (r["dtype"], r["memory"], r["atoms"]): r["us_per_atom_step"]
-        for r in rows
-        if r["ranks"] == 1
+        (dtype, memory, size): best(rows)
+        for (dtype, memory, size, ranks, _), rows in runs.items()
+        if ranks == 1
     }
-    print(
-        "| dtype | memory | atoms | ranks | mode | steps | µs/atom-step | speed-up vs 1 rank "
-        "| parallel efficiency | pair share | peak RSS per rank (MB) |"
-    )
-    print("|" + "---|" * 11)
-    for row in rows:
-        reference = serial.get((row["dtype"], row["memory"], row["atoms"]))
+    lines = [
+        "| dtype | memory | atoms | ranks | mode | steps | µs/atom-step (best) | speed-up vs 1 "
+        "rank | parallel efficiency | pair share | peak RSS per rank (MB) | runs (µs/atom-step) |",
+        "|" + "---|" * 12,
+    ]
+    for (dtype, memory, size, ranks, mode), rows in runs.items():
+        reference = serial.get((dtype, memory, size))
+        fastest = best(rows)
         speedup, efficiency = "–", "–"
         if reference:
-            speedup = f"{reference / row['us_per_atom_step']:.2f}"
-            efficiency = f"{100 * reference / row['us_per_atom_step'] / row['ranks']:.0f}%"
-        print(
-            f"| {row['dtype']} | {row['memory']} | {row['atoms']} | {row['ranks']} | {row['mode']} "
-            f"| {row['steps']} | "
-            f"{row['us_per_atom_step']:.1f} | {speedup} | {efficiency} | "
-            f"{100 * row['pair_fraction']:.0f}% | {row['peak_rss_mb']:.0f} |"
+            speedup = f"{reference / fastest:.2f}"
+            efficiency = f"{100 * reference / fastest / ranks:.0f}%"
+        each = " / ".join(f"{row['us_per_atom_step']:.1f}" for row in rows)
+        lines.append(
+            f"| {dtype} | {memory} | {rows[0]['atoms']} | {ranks} | {mode} "
+            f"| {steps_for(size, steps)} | {fastest:.1f} | {speedup} | {efficiency} | "
+            f"{100 * max(row['pair_fraction'] for row in rows):.0f}% | "
+            f"{max(row['peak_rss_mb'] for row in rows):.0f} | {each} |"
         )
+    return "\n".join(lines)
+
+
+def format_dtype_ratio_table(runs: Dict[Tuple, List[Dict]]) -> str:
+    """float64 over float32 µs/atom-step on one rank, run by run in the same round (the host's
+    speed drifts between rounds more than between neighbouring runs), their median, and best
+    over best; empty unless both dtypes ran."""
+    lines = []
+    for (dtype, memory, size, ranks, mode), rows64 in runs.items():
+        rows32 = runs.get(("float32", memory, size, ranks, mode))
+        if dtype != "float64" or ranks != 1 or rows32 is None:
+            continue
+        same_round = [
+            r64["us_per_atom_step"] / r32["us_per_atom_step"] for r64, r32 in zip(rows64, rows32)
+        ]
+        lines.append(
+            f"| {memory} | {rows64[0]['atoms']} | "
+            f"{' / '.join(f'{ratio:.2f}' for ratio in same_round)} | "
+            f"{float(np.median(same_round)):.2f} | {best(rows64) / best(rows32):.2f} |"
+        )
+    if not lines:
+        return ""
+    header = [
+        "float64 / float32, one rank:",
+        "",
+        "| memory | atoms | same round, run by run | median | best / best |",
+        "|---|---|---|---|---|",
+    ]
+    return "\n".join(header + lines)
 
 
 if __name__ == "__main__":

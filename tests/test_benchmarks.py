@@ -53,15 +53,26 @@ def test_bench_model_times_the_deployed_file():
 
 @pytest.mark.slow
 def test_bench_md_runs_pair_style_reann():
+    """Two rounds of both dtypes: each row gives its best and both runs, and float64 / float32
+    is given round by round."""
     output = run_benchmark(
         "bench_md.py",
         "--data", str(WATER),
-        "--sizes", "1536",
+        "--sizes", "192",
         "--ranks", "1",
-        "--dtypes", "float32",
         "--steps", "5",
+        "--repeats", "2",
     )  # fmt: skip
-    rows = re.findall(
-        r"^\| float32 \| keep \| 1536 \| 1 \| images \| 5 \| ([\d.]+) \|", output, re.M
+    for dtype in ("float32", "float64"):
+        rows = re.findall(
+            rf"^\| {dtype} \| keep \| 192 \| 1 \| images \| 5 \| ([\d.]+) \|.*\| ([\d.]+) / ([\d.]+) \|$",
+            output,
+            re.M,
+        )
+        assert len(rows) == 1, output
+        fastest, first, second = map(float, rows[0])
+        assert 0 < fastest == min(first, second), output
+    ratios = re.findall(
+        r"^\| keep \| 192 \| ([\d.]+) / ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", output, re.M
     )
-    assert len(rows) == 1 and float(rows[0]) > 0, output
+    assert len(ratios) == 1 and all(math.isfinite(float(x)) for x in ratios[0]), output

@@ -714,6 +714,41 @@ def format_speed_table(rows: List[Dict[str, Any]]) -> str:
     return _markdown_table(header, cells)
 
 
+def format_rounds_table(rounds: List[List[Dict[str, Any]]]) -> str:
+    """Per path and size, REANN's and NequIP's µs/atom and NequIP/REANN in every round (rows of
+    :func:`speed_rows`), and the median ratio: the host's speed drifts between workers, and
+    rounds show how far that moves the ratio."""
+
+    def per_round(path: str, atoms: int, model: str, key: str) -> List[float]:
+        return [
+            row[key]
+            for rows in rounds
+            for row in rows
+            if (row["path"], row["atoms"], row["model"]) == (path, atoms, model)
+        ]
+
+    table = []
+    for path, atoms in sorted(
+        {(row["path"], row["atoms"]) for row in rounds[0]},
+        key=lambda key: (PATHS.index(key[0]), key[1]),
+    ):
+        reann = per_round(path, atoms, "reann", "us_per_atom")
+        nequip = per_round(path, atoms, "nequip", "us_per_atom")
+        ratios = per_round(path, atoms, "nequip", "wall_ratio_nequip_over_reann")
+        table.append(
+            [
+                path,
+                f"{atoms:,}",
+                " / ".join(f"{value:.1f}" for value in reann),
+                " / ".join(f"{value:.1f}" for value in nequip),
+                " / ".join(f"{value:.2f}" for value in ratios if value is not None),
+                f"{float(np.median(ratios)):.2f}" if ratios and None not in ratios else "–",
+            ]
+        )
+    header = ["path", "atoms", "REANN µs/atom", "NequIP µs/atom", "NequIP/REANN", "median"]
+    return f"{len(rounds)} rounds, round by round:\n\n" + _markdown_table(header, table)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -751,6 +786,13 @@ def main(argv: Optional[List[str]] = None) -> None:
         default=30.0,
         help="seconds of timed calls per measurement after which repeats stop early",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every worker this many times, in rounds of all workers; the tables show the "
+        "first round, a last table NequIP/REANN in every round and the median",
+    )
     parser.add_argument("--json", metavar="OUT", help="also write all numbers to this file")
     parser.add_argument("--worker", choices=MODELS, help=argparse.SUPPRESS)
     parser.add_argument("--worker-path", choices=PATHS, help=argparse.SUPPRESS)
@@ -760,7 +802,14 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     if not os.path.isdir(args.data):
         parser.error(f"--data {args.data!r} does not exist or is not a directory")
-    for key in ("num_frames", "batch_size", "threads", "inference_repeats", "train_repeats"):
+    for key in (
+        "num_frames",
+        "batch_size",
+        "threads",
+        "inference_repeats",
+        "train_repeats",
+        "rounds",
+    ):
         if getattr(args, key) < 1:
             parser.error(f"--{key.replace('_', '-')} must be >= 1")
     args.min_repeats = max(1, args.min_repeats)
@@ -788,11 +837,18 @@ def main(argv: Optional[List[str]] = None) -> None:
         )
         # every worker right after the other, so that they see about the same machine load
         load = os.getloadavg()
-        for path in args.paths:
-            for name in args.models:
-                results.append(run_model_in_subprocess(name, path, args, files.get(name)))
+        rounds = []
+        for _ in range(args.rounds):
+            rounds.append(
+                [
+                    run_model_in_subprocess(name, path, args, files.get(name))
+                    for path in args.paths
+                    for name in args.models
+                ]
+            )
         load_end = os.getloadavg()
     wall = time.perf_counter() - start
+    results = rounds[0]
 
     first = results[0]
     print()
@@ -870,6 +926,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         "--threads 1); peak RSS: of the worker, eager after inference (before training), "
         "deployed after this size (sizes in increasing order)"
     )
+    if args.rounds > 1:
+        print()
+        print(format_rounds_table([speed_rows(round_results) for round_results in rounds]))
     print(f"total wall time {wall:.0f} s")
 
     if args.json:
@@ -885,6 +944,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             "wall_seconds": wall,
             "results": results,
             "speed": rows,
+            "rounds": [speed_rows(round_results) for round_results in rounds],
         }
         with open(args.json, "w") as f:
             json.dump(summary, f, indent=2)

@@ -76,3 +76,32 @@ def test_bench_md_runs_pair_style_reann():
         r"^\| keep \| 192 \| ([\d.]+) / ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", output, re.M
     )
     assert len(ratios) == 1 and all(math.isfinite(float(x)) for x in ratios[0]), output
+
+
+@pytest.mark.slow
+def test_bench_water_rounds_give_the_ratio_round_by_round():
+    """The eager path only (no ``nequip-compile``), two rounds of both models: the last table
+    gives both models' µs/atom and NequIP/REANN in each round, and their median."""
+    output = run_benchmark(
+        "bench_water.py",
+        "--data", str(WATER),
+        "--paths", "eager",
+        "--num-frames", "2",
+        "--batch-size", "2",
+        "--warmup", "1",
+        "--inference-repeats", "2",
+        "--train-warmup", "1",
+        "--train-repeats", "1",
+        "--rounds", "2",
+    )  # fmt: skip
+    rows = re.findall(
+        r"^\|\s+eager \|\s+192 \|\s+([\d.]+) / ([\d.]+) \|\s+([\d.]+) / ([\d.]+) \|"
+        r"\s+([\d.]+) / ([\d.]+) \|\s+([\d.]+) \|$",
+        output,
+        re.M,
+    )
+    assert len(rows) == 1, output
+    reann_1, reann_2, nequip_1, nequip_2, ratio_1, ratio_2, median = map(float, rows[0])
+    assert ratio_1 == pytest.approx(nequip_1 / reann_1, rel=0.02), output
+    assert ratio_2 == pytest.approx(nequip_2 / reann_2, rel=0.02), output
+    assert median == pytest.approx((ratio_1 + ratio_2) / 2, abs=0.01), output

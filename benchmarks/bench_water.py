@@ -828,7 +828,6 @@ def main(argv: Optional[List[str]] = None) -> None:
     # fail here, before spending time in the workers, if the data are unreadable
     frames = read_frames(args.data, args.num_frames)
     start = time.perf_counter()
-    results = []
     with tempfile.TemporaryDirectory() as tmp:
         files = (
             prepare_deployed_files(pathlib.Path(tmp), args, frames)

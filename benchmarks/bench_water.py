@@ -915,7 +915,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                 for r in deployed
             )
         )
-    rows = speed_rows(results)
+    speed_by_round = [speed_rows(round_results) for round_results in rounds]
+    rows = speed_by_round[0]
     print()
     print(format_speed_table(rows))
     print(
@@ -927,7 +928,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     )
     if args.rounds > 1:
         print()
-        print(format_rounds_table([speed_rows(round_results) for round_results in rounds]))
+        print(format_rounds_table(speed_by_round))
     print(f"total wall time {wall:.0f} s")
 
     if args.json:
@@ -943,7 +944,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             "wall_seconds": wall,
             "results": results,
             "speed": rows,
-            "rounds": [speed_rows(round_results) for round_results in rounds],
+            "rounds": speed_by_round,
         }
         with open(args.json, "w") as f:
             json.dump(summary, f, indent=2)

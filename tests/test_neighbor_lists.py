@@ -15,7 +15,7 @@ from nequip.data import AtomicDataDict, from_ase
 from nequip.data.transforms import NeighborListTransform
 
 from reann_nequip.data import iter_configuration
-from reann_nequip.integrations.lammps import KERNEL_FILE, plugin_directory
+from reann_nequip.nn.kernels import library_path
 
 from .utils import REPO_ROOT
 
@@ -81,7 +81,7 @@ def test_every_config_uses_the_same_backend(config):
 # === the ASE calculator's neighbour list, reann::neighbor_list ===
 
 needs_kernels = pytest.mark.skipif(
-    not (pathlib.Path(plugin_directory()) / KERNEL_FILE).exists(),
+    not library_path().exists(),
     reason="the kernel library is not built (`reann-nequip build-lammps`, or `make install`)",
 )
 

@@ -1,7 +1,6 @@
 /* pair_style reann: see pair_reann.h for the three ways ghost atoms reach the model. */
 
 #include "pair_reann.h"
-#include "tensor_block_cache.h"
 
 #include "atom.h"
 #include "comm.h"
@@ -14,6 +13,7 @@
 #include "utils.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/jit/runtime/graph_executor.h>
 
@@ -24,7 +24,6 @@
 #include <sstream>
 
 using namespace LAMMPS_NS;
-using reann::TensorBlockCache;
 
 // the deployed-file layout this pair style reads (reann_nequip.deploy.build.DEPLOY_FORMAT)
 static const char *const DEPLOY_FORMAT = "4";
@@ -33,6 +32,12 @@ static constexpr double MIN_DISTANCE = 0.1;
 static const char *const SYNTAX =
     "pair_style reann [mode auto|images|shell|exchange] [threads N] [memory keep|release]; "
     "pair_coeff * * model.pth El1 El2 ... (one element or NULL per atom type)";
+
+// an op of the reann_nequip kernel library (linked), through torch's op registry
+template <typename Result> static Result call_reann_op(const char *name)
+{
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Result()>().call();
+}
 
 PairREANN::PairREANN(LAMMPS *lmp) :
     Pair(lmp), ghost_mode(GhostMode::AUTO), num_threads(1), keep_memory(true), r_max(0.0),
@@ -104,9 +109,9 @@ void PairREANN::settings(int narg, char **arg)
     }
   }
   at::set_num_threads(num_threads);
-  // torch's CPU allocator from now on, for the whole process (see tensor_block_cache.h)
-  if (keep_memory) TensorBlockCache::install();
-  else if (TensorBlockCache::installed())
+  // torch's CPU allocator from now on, for the whole process (the library's block cache)
+  if (keep_memory) call_reann_op<void>("reann::block_cache_install");
+  else if (call_reann_op<bool>("reann::block_cache_installed"))
     error->all(FLERR, "pair_style reann: `memory release` after `memory keep` in one LAMMPS "
                       "process: the block cache is torch's allocator until the process ends");
 }
@@ -355,7 +360,7 @@ int PairREANN::build_graph(GhostMode mode)
 void PairREANN::compute(int eflag, int vflag)
 {
   ev_init(eflag, vflag);
-  if (keep_memory) TensorBlockCache::install().next_step();
+  if (keep_memory) call_reann_op<void>("reann::block_cache_next_step");
   if (vflag_atom)
     error->all(FLERR, "pair_style reann does not compute per-atom virials (requested by compute "
                       "stress/atom or similar)");

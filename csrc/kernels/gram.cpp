@@ -1,7 +1,5 @@
-/* torch.ops.reann: fused CPU kernels of REANN's embedded density.
-
-   reann::orbital_gram(vectors, radial, neighbor, coefficients, exponents, weights) -> gram
-   reann::radial_functions(length, norm_length, species, centers, exponents) -> radial
+/* The orbital Gram kernels of reann::orbital_gram, compiled once per instruction-set level
+   (kernels.h).
 
    For every centre i, from its dense neighbour block (J slots; padding slots have zero vectors
    and zero radial functions), the weighted Cartesian monomials, the orbitals and their Gram
@@ -12,58 +10,31 @@
        b_ck  = sum_j A_cj W_jk                                   [C, K]
        G_Lp  = sum_(c of order L) b_ck b_ck'   for p = (k <= k') row by row   [L + 1, P]
 
-   as reann_nequip.nn.embedded_density.OrbitalGram computes them with torch operations. One pass
-   per centre keeps A, W and b in cache instead of writing [N, C, J], [N, J, K] and [N, C, P]
-   tensors to memory. The backward pass (forces) is a kernel that recomputes them from the
-   inputs, and so is its own backward pass (force training differentiates forces once more);
-   the forward pass keeps only its inputs and b [N, C, K]. Third derivatives are refused.
+   One pass per centre keeps A, W and b in cache instead of writing [N, C, J], [N, J, K] and
+   [N, C, P] tensors to memory. The backward pass recomputes them from the inputs, and so does its
+   own backward pass (force training differentiates forces once more). */
 
-   radial_functions: the radial functions of every edge e in one pass,
-
-       R_ek = f(x_e) exp(alpha_(s_e)k (d_e - mu_(s_e)k)^2),   f(x) = (cos(pi x) / 2 + 1/2)^2 (x < 1)
-
-   (d the length, x = d / r_c, f the cutoff, s the neighbour's species), as
-   reann_nequip.nn.radial_basis.SpeciesGaussianBasis computes them with a dozen [E, K] torch
-   operations and as many more in the backward pass. First derivatives only (deployed models).
-
-   reann::block_cache_install(), block_cache_next_step(), block_cache_bytes(): Python's handle on
-   the allocator of tensor_block_cache.h (pair_reann's `memory keep`).
-
-   Loaded by pair_reann (linked) and by Python (torch.ops.load_library). */
+#include "isa_kernels.h"
 
 #include <ATen/Parallel.h>
-#include <torch/autograd.h>
-#include <torch/library.h>
-#include <torch/script.h>
-
-#include "tensor_block_cache.h"
-#include "vector_math.h"
 
 #include <algorithm>
-#include <cmath>
 #include <vector>
 
+namespace reann {
+namespace REANN_ISA {
 namespace {
-
-using torch::Tensor;
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
-
-struct Sizes {
-  int64_t centers, components, slots, gaussians, orders, atoms;
-  int64_t pairs() const { return gaussians * (gaussians + 1) / 2; }
-};
 
 // Sizes for the per-centre kernels, with the number of Gaussians K a compile-time constant when
 // FixedK > 0: REANN's default K = 8 gets its own instantiation, in which the loops over K
 // unroll and keep their rows in registers (with_kernel_sizes)
-template <int FixedK> struct KernelSizes : Sizes {
+template <int FixedK> struct KernelSizes : GramSizes {
   int64_t K() const { return FixedK > 0 ? FixedK : gaussians; }
   int64_t pairs() const { return K() * (K() + 1) / 2; }
 };
 
 // f(KernelSizes<8>) when s has 8 Gaussians, f(KernelSizes<0>) otherwise
-template <typename F> void with_kernel_sizes(const Sizes &s, F &&f)
+template <typename F> void with_kernel_sizes(const GramSizes &s, F &&f)
 {
   if (s.gaussians == 8)
     f(KernelSizes<8>{s});
@@ -108,7 +79,7 @@ template <typename T> struct CentreScratch {
   int64_t stride, padded;
   std::vector<T> powers, monomials, weighted, grad_monomials, grad_weighted, grad_orbitals;
   std::vector<T> slot_weighted, padded_orbitals;
-  CentreScratch(const Sizes &s) :
+  CentreScratch(const GramSizes &s) :
       stride((s.slots + 2 * Simd<T>::lanes - 1) / (2 * Simd<T>::lanes) * (2 * Simd<T>::lanes)),
       padded((s.gaussians + Simd<T>::lanes - 1) / Simd<T>::lanes * Simd<T>::lanes),
       powers(3 * s.orders * stride), monomials(s.components * stride),
@@ -122,7 +93,7 @@ template <typename T> struct CentreScratch {
 // powers[(axis * orders + e) * stride + j] = v_j[axis]^e; monomials[c * stride + j] = A_cj
 template <typename T>
 void compute_monomials(const T *vectors, const int64_t *exponents, const T *weights,
-                       const Sizes &s, int64_t stride, T *powers, T *monomials)
+                       const GramSizes &s, int64_t stride, T *powers, T *monomials)
 {
   const int64_t J = s.slots;
   for (int64_t axis = 0; axis < 3; ++axis) {
@@ -304,7 +275,7 @@ void apply_symmetric(const T *sym, const T *x, const int64_t *exponents,
 // of compute_monomials: the factors of a monomial's derivative along `first` (and `second`;
 // -1 for none)
 template <typename T>
-void lowered_power_rows(const T *powers, const Sizes &s, int64_t stride, const int64_t *e,
+void lowered_power_rows(const T *powers, const GramSizes &s, int64_t stride, const int64_t *e,
                         int64_t first, int64_t second, const T *f[3])
 {
   for (int64_t axis = 0; axis < 3; ++axis)
@@ -314,7 +285,7 @@ void lowered_power_rows(const T *powers, const Sizes &s, int64_t stride, const i
 // gv[axis * J + j] = sum_c ga_cj dA_cj/dv_j[axis]; dA/dv[axis] = w_c e_axis (that power less)
 template <typename T>
 void monomial_gradient(const T *ga, const int64_t *exponents, const T *weights, const T *powers,
-                       const Sizes &s, int64_t stride, T *gv)
+                       const GramSizes &s, int64_t stride, T *gv)
 {
   const int64_t J = s.slots;
   std::fill(gv, gv + 3 * J, T(0));
@@ -336,7 +307,7 @@ void monomial_gradient(const T *ga, const int64_t *exponents, const T *weights, 
 // hA_cj = sum_axis hv[axis * J + j] dA_cj/dv_j[axis] (A's change along hv); rows of `stride`
 template <typename T>
 void monomial_directional(const T *hv, const int64_t *exponents, const T *weights,
-                          const T *powers, const Sizes &s, int64_t stride, T *ha)
+                          const T *powers, const GramSizes &s, int64_t stride, T *ha)
 {
   const int64_t J = s.slots;
   for (int64_t c = 0; c < s.components; ++c) {
@@ -358,7 +329,7 @@ void monomial_directional(const T *hv, const int64_t *exponents, const T *weight
 // gv[second * J + j] += sum_c ga_cj sum_first hv[first * J + j] d2A_cj/dv[first]dv[second]
 template <typename T>
 void add_monomial_hessian(const T *ga, const T *hv, const int64_t *exponents, const T *weights,
-                          const T *powers, const Sizes &s, int64_t stride, T *gv)
+                          const T *powers, const GramSizes &s, int64_t stride, T *gv)
 {
   const int64_t J = s.slots;
   for (int64_t c = 0; c < s.components; ++c) {
@@ -436,7 +407,7 @@ template <typename T> struct MonomialDerivative {
 template <typename T> struct MonomialDerivatives {
   std::vector<MonomialDerivative<T>> terms;
   int64_t first[4];
-  MonomialDerivatives(const int64_t *exponents, const T *weights, const Sizes &s)
+  MonomialDerivatives(const int64_t *exponents, const T *weights, const GramSizes &s)
   {
     for (int64_t axis = 0; axis < 3; ++axis) {
       first[axis] = static_cast<int64_t>(terms.size());
@@ -458,7 +429,7 @@ template <typename T> struct MonomialDerivatives {
 template <typename T>
 __attribute__((always_inline)) inline void
 chunk_monomials(const T *vectors, int64_t j0, const int64_t *exponents, const T *weights,
-                const Sizes &s, T *powers, T *monomials)
+                const GramSizes &s, T *powers, T *monomials)
 {
   using S = Simd<T>;
   constexpr int64_t L = SlotChunk<T>::lanes;
@@ -503,7 +474,7 @@ template <typename T> void prefetch(const T *x, int64_t count)
 
 // b_c = sum_j A_cj W_j slot chunk by slot chunk (chunk_monomials), then G from b
 template <typename T, int FixedK>
-void gram_forward(const T *vectors, const T *radial, const int64_t *neighbor,
+void gram_forward_sized(const T *vectors, const T *radial, const int64_t *neighbor,
                   const T *coefficients, const int64_t *exponents, const T *weights,
                   const KernelSizes<FixedK> &s, T *gram, T *orbitals)
 {
@@ -524,11 +495,6 @@ void gram_forward(const T *vectors, const T *radial, const int64_t *neighbor,
       const int64_t *n = neighbor + i * J;
       const T *r = radial + i * J * K;
       if (i + 1 < end) prefetch(vectors + (i + 1) * 3 * J, 3 * J);
-      // the backward passes read the same indices: checked once, here
-      for (int64_t j = 0; j < J; ++j)
-        TORCH_CHECK(n[j] >= 0 && n[j] < s.atoms, "reann::orbital_gram: neighbour index ", n[j],
-                    " (centre ", i, ", slot ", j, ") is outside the ", s.atoms,
-                    " atoms with coefficients");
       std::fill(bp, bp + C * padded, T(0));
       for (int64_t j0 = 0; j0 < J; j0 += L) {
         const int64_t filled = std::min(L, J - j0);
@@ -572,7 +538,7 @@ void gram_forward(const T *vectors, const T *radial, const int64_t *neighbor,
 // gA_c = sum_k gb_ck W_k in slot lanes (W transposed), dv = (dA/dv)^T gA, and slot by slot
 // gW_j = sum_c A_cj gb_c, dR_jk = gW_jk coef_(n_j)k, dcoef_(n_j)k += gW_jk R_jk
 template <typename T, int FixedK>
-void gram_backward(const T *grad_gram, const T *vectors, const T *radial, const int64_t *neighbor,
+void gram_backward_sized(const T *grad_gram, const T *vectors, const T *radial, const int64_t *neighbor,
                    const T *coefficients, const int64_t *exponents, const T *weights,
                    const T *orbitals, const KernelSizes<FixedK> &s, T *grad_vectors, T *grad_radial,
                    T *grad_coefficients_per_thread)
@@ -676,7 +642,7 @@ void gram_backward(const T *grad_gram, const T *vectors, const T *radial, const 
 //   dR_jk = dW_jk coef_(n_j)k + h_c_(n_j)k gW_jk;   dcoef_(n_j)k += dW_jk R_jk + h_R_jk gW_jk
 // h_v, h_R, h_c may be null (no gradient arrived).
 template <typename T, int FixedK>
-void gram_double_backward(const T *grad_gram, const T *vectors, const T *radial,
+void gram_double_backward_sized(const T *grad_gram, const T *vectors, const T *radial,
                           const int64_t *neighbor, const T *coefficients,
                           const int64_t *exponents, const T *weights, const T *orbitals,
                           const T *h_vectors, const T *h_radial, const T *h_coefficients,
@@ -767,351 +733,53 @@ void gram_double_backward(const T *grad_gram, const T *vectors, const T *radial,
   });
 }
 
-Sizes check_inputs(const Tensor &vectors, const Tensor &radial, const Tensor &neighbor,
-                   const Tensor &coefficients, const Tensor &exponents, const Tensor &weights)
-{
-  TORCH_CHECK(vectors.dim() == 3 && vectors.size(1) == 3 && radial.dim() == 3 &&
-                  coefficients.dim() == 2,
-              "reann::orbital_gram: expected vectors [N, 3, J], radial [N, J, K], coefficients "
-              "[atoms, K]; got ",
-              vectors.sizes(), ", ", radial.sizes(), ", ", coefficients.sizes());
-  TORCH_CHECK(exponents.dim() == 2 && exponents.size(1) == 3 &&
-                  exponents.scalar_type() == torch::kInt64 && weights.dim() == 1 &&
-                  weights.size(0) == exponents.size(0),
-              "reann::orbital_gram: expected int64 exponents [C, 3] and weights [C]; got ",
-              exponents.sizes(), ", ", weights.sizes());
-  const int64_t orders =
-      exponents.numel() > 0 ? exponents.sum(1).max().item<int64_t>() + 1 : int64_t(1);
-  Sizes s{vectors.size(0), exponents.size(0), vectors.size(2),
-          radial.size(2),  orders,            coefficients.size(0)};
-  TORCH_CHECK(exponents.numel() == 0 || exponents.min().item<int64_t>() >= 0,
-              "reann::orbital_gram: negative exponent");
-  TORCH_CHECK(radial.size(0) == s.centers && radial.size(1) == s.slots &&
-                  coefficients.size(1) == s.gaussians,
-              "reann::orbital_gram: radial ", radial.sizes(), " and coefficients ",
-              coefficients.sizes(), " do not match vectors ", vectors.sizes());
-  TORCH_CHECK(neighbor.dim() == 1 && neighbor.size(0) == s.centers * s.slots &&
-                  neighbor.scalar_type() == torch::kInt64,
-              "reann::orbital_gram: neighbor must be int64 [N * J] = [", s.centers * s.slots,
-              "], got ", neighbor.scalar_type(), " ", neighbor.sizes());
-  TORCH_CHECK(vectors.scalar_type() == radial.scalar_type() &&
-                  vectors.scalar_type() == coefficients.scalar_type() &&
-                  vectors.scalar_type() == weights.scalar_type(),
-              "reann::orbital_gram: vectors, radial, coefficients and weights must share one "
-              "dtype");
-  for (const Tensor *t : {&vectors, &radial, &neighbor, &coefficients, &exponents, &weights})
-    TORCH_CHECK(t->device().is_cpu(), "reann::orbital_gram runs on CPU tensors only");
-  return s;
-}
-
-template <typename T> T *data_or_null(const Tensor &t)
-{
-  return t.defined() ? t.data_ptr<T>() : nullptr;
-}
-
-Sizes sizes_of(const Tensor &vectors, const Tensor &radial, const Tensor &coefficients,
-               const Tensor &exponents, int64_t orders)
-{
-  return {vectors.size(0), exponents.size(0), vectors.size(2),
-          radial.size(2),  orders,            coefficients.size(0)};
-}
-
-// (dG, vectors, radial, neighbor, coefficients, exponents, weights, b) -> (dv, dR, dcoef):
-// gram_backward, differentiable once more by gram_double_backward
-class OrbitalGramBackward : public torch::autograd::Function<OrbitalGramBackward> {
- public:
-  static variable_list forward(AutogradContext *ctx, Tensor grad_gram, Tensor vectors,
-                               Tensor radial, Tensor neighbor, Tensor coefficients,
-                               Tensor exponents, Tensor weights, Tensor orbitals, int64_t orders)
-  {
-    const Sizes s = sizes_of(vectors, radial, coefficients, exponents, orders);
-    grad_gram = grad_gram.contiguous();
-    Tensor grad_vectors = torch::empty_like(vectors);
-    Tensor grad_radial = torch::empty_like(radial);
-    Tensor grad_coefficients =
-        torch::zeros({at::get_num_threads(), s.atoms, s.gaussians}, coefficients.options());
-    AT_DISPATCH_FLOATING_TYPES(vectors.scalar_type(), "reann::orbital_gram backward", [&] {
-      with_kernel_sizes(s, [&](const auto &ks) {
-        gram_backward<scalar_t>(
-            grad_gram.data_ptr<scalar_t>(), vectors.data_ptr<scalar_t>(),
-            radial.data_ptr<scalar_t>(), neighbor.data_ptr<int64_t>(),
-            coefficients.data_ptr<scalar_t>(), exponents.data_ptr<int64_t>(),
-            weights.data_ptr<scalar_t>(), orbitals.data_ptr<scalar_t>(), ks,
-            grad_vectors.data_ptr<scalar_t>(), grad_radial.data_ptr<scalar_t>(),
-            grad_coefficients.data_ptr<scalar_t>());
-      });
-    });
-    ctx->save_for_backward(
-        {grad_gram, vectors, radial, neighbor, coefficients, exponents, weights, orbitals});
-    ctx->saved_data["orders"] = orders;
-    return {grad_vectors, grad_radial, grad_coefficients.sum(0)};
-  }
-
-  static variable_list backward(AutogradContext *ctx, variable_list grad_outputs)
-  {
-    TORCH_CHECK(!torch::GradMode::is_enabled(),
-                "reann::orbital_gram has no third derivative (a second backward pass with "
-                "create_graph=True)");
-    const variable_list saved = ctx->get_saved_variables();
-    const Tensor &grad_gram = saved[0], &vectors = saved[1], &radial = saved[2];
-    const Tensor &neighbor = saved[3], &coefficients = saved[4], &exponents = saved[5];
-    const Tensor &weights = saved[6], &orbitals = saved[7];
-    const Sizes s =
-        sizes_of(vectors, radial, coefficients, exponents, ctx->saved_data["orders"].toInt());
-    variable_list h(3);
-    for (size_t output = 0; output < 3; ++output)
-      if (grad_outputs[output].defined()) h[output] = grad_outputs[output].contiguous();
-    Tensor d_grad_gram = torch::empty_like(grad_gram), d_vectors = torch::empty_like(vectors);
-    Tensor d_radial = torch::empty_like(radial);
-    Tensor d_coefficients =
-        torch::zeros({at::get_num_threads(), s.atoms, s.gaussians}, coefficients.options());
-    AT_DISPATCH_FLOATING_TYPES(vectors.scalar_type(), "reann::orbital_gram double backward", [&] {
-      with_kernel_sizes(s, [&](const auto &ks) {
-        gram_double_backward<scalar_t>(
-            grad_gram.data_ptr<scalar_t>(), vectors.data_ptr<scalar_t>(),
-            radial.data_ptr<scalar_t>(), neighbor.data_ptr<int64_t>(),
-            coefficients.data_ptr<scalar_t>(), exponents.data_ptr<int64_t>(),
-            weights.data_ptr<scalar_t>(), orbitals.data_ptr<scalar_t>(),
-            data_or_null<scalar_t>(h[0]), data_or_null<scalar_t>(h[1]),
-            data_or_null<scalar_t>(h[2]), ks, d_grad_gram.data_ptr<scalar_t>(),
-            d_vectors.data_ptr<scalar_t>(), d_radial.data_ptr<scalar_t>(),
-            d_coefficients.data_ptr<scalar_t>());
-      });
-    });
-    return {d_grad_gram, d_vectors, d_radial, Tensor(), d_coefficients.sum(0),
-            Tensor(),    Tensor(),  Tensor(),  Tensor()};
-  }
-};
-
-class OrbitalGram : public torch::autograd::Function<OrbitalGram> {
- public:
-  static Tensor forward(AutogradContext *ctx, Tensor vectors, Tensor radial, Tensor neighbor,
-                        Tensor coefficients, Tensor exponents, Tensor weights)
-  {
-    const Sizes s = check_inputs(vectors, radial, neighbor, coefficients, exponents, weights);
-    vectors = vectors.contiguous();
-    radial = radial.contiguous();
-    neighbor = neighbor.contiguous();
-    coefficients = coefficients.contiguous();
-    exponents = exponents.contiguous();
-    weights = weights.contiguous();
-    Tensor gram = torch::empty({s.centers, s.orders * s.pairs()}, vectors.options());
-    Tensor orbitals = torch::empty({s.centers, s.components, s.gaussians}, vectors.options());
-    AT_DISPATCH_FLOATING_TYPES(vectors.scalar_type(), "reann::orbital_gram", [&] {
-      with_kernel_sizes(s, [&](const auto &ks) {
-        gram_forward<scalar_t>(vectors.data_ptr<scalar_t>(), radial.data_ptr<scalar_t>(),
-                               neighbor.data_ptr<int64_t>(), coefficients.data_ptr<scalar_t>(),
-                               exponents.data_ptr<int64_t>(), weights.data_ptr<scalar_t>(), ks,
-                               gram.data_ptr<scalar_t>(), orbitals.data_ptr<scalar_t>());
-      });
-    });
-    ctx->save_for_backward({vectors, radial, neighbor, coefficients, exponents, weights, orbitals});
-    ctx->saved_data["orders"] = s.orders;
-    return gram;
-  }
-
-  static variable_list backward(AutogradContext *ctx, variable_list grad_outputs)
-  {
-    const variable_list saved = ctx->get_saved_variables();
-    const variable_list grads = OrbitalGramBackward::apply(
-        grad_outputs[0], saved[0], saved[1], saved[2], saved[3], saved[4], saved[5], saved[6],
-        ctx->saved_data["orders"].toInt());
-    return {grads[0], grads[1], Tensor(), grads[2], Tensor(), Tensor()};
-  }
-};
-
-Tensor orbital_gram(const Tensor &vectors, const Tensor &radial, const Tensor &neighbor,
-                    const Tensor &coefficients, const Tensor &exponents, const Tensor &weights)
-{
-  return OrbitalGram::apply(vectors, radial, neighbor, coefficients, exponents, weights);
-}
-
-// edges per pass of the Gaussians: their [edges, K] rows stay in cache between the passes
-constexpr int64_t GAUSSIAN_EDGES = 256;
-
-// The cutoff f_e = (cos(pi x_e) / 2 + 1/2)^2 of x_e = d_e / r_c (0 from x_e = 1 on) and its slope
-// df_e/dx_e; gaussians[e, k] = exp(alpha_(s_e)k (d_e - mu_(s_e)k)^2), radial = f_e gaussians
-// (each species checked against the num_species rows of centers where it is read)
 template <typename T>
-void gaussians_forward(const T *length, const T *norm_length, const int64_t *species,
-                       const T *centers, const T *exponents, int64_t edges, int64_t K,
-                       int64_t num_species, T *gaussians, T *radial, T *cutoff, T *cutoff_slope)
+void gram_forward(const GramSizes &s, const T *vectors, const T *radial, const int64_t *neighbor,
+                  const T *coefficients, const int64_t *exponents, const T *weights, T *gram,
+                  T *orbitals)
 {
-  const T pi = T(M_PI);
-  at::parallel_for(0, edges, GAUSSIAN_EDGES, [&](int64_t begin, int64_t end) {
-    T angle[GAUSSIAN_EDGES], sine[GAUSSIAN_EDGES], cosine[GAUSSIAN_EDGES];
-    for (int64_t first = begin; first < end; first += GAUSSIAN_EDGES) {
-      const int64_t last = std::min(end, first + GAUSSIAN_EDGES), count = last - first;
-      for (int64_t e = first; e < last; ++e) angle[e - first] = pi * norm_length[e];
-      reann::sincos(angle, count, sine, cosine);
-      for (int64_t e = first; e < last; ++e) {
-        const T half = T(0.5) * cosine[e - first] + T(0.5);
-        const bool inside = norm_length[e] < T(1);
-        cutoff[e] = inside ? half * half : T(0);
-        cutoff_slope[e] = inside ? -pi * half * sine[e - first] : T(0);
-      }
-      for (int64_t e = first; e < last; ++e) {
-        TORCH_CHECK(species[e] >= 0 && species[e] < num_species,
-                    "reann::radial_functions: a species index is outside the ", num_species,
-                    " rows of centers (edge ", e, " has species ", species[e], ")");
-        const T *mu = centers + species[e] * K, *alpha = exponents + species[e] * K;
-        T *g = gaussians + e * K;
-        for (int64_t k = 0; k < K; ++k) {
-          const T u = length[e] - mu[k];
-          g[k] = alpha[k] * u * u;
-        }
-      }
-      reann::exp_in_place(gaussians + first * K, count * K);
-      for (int64_t e = first; e < last; ++e)
-        for (int64_t k = 0; k < K; ++k) radial[e * K + k] = cutoff[e] * gaussians[e * K + k];
-    }
+  with_kernel_sizes(s, [&](const auto &ks) {
+    gram_forward_sized<T>(vectors, radial, neighbor, coefficients, exponents, weights, ks, gram,
+                          orbitals);
   });
 }
 
-// From dL/dradial: dL/dd_e, dL/dx_e (through the cutoff) and, when asked for (non-null),
-// dL/dmu and dL/dalpha summed per thread into [threads, species, K]
 template <typename T>
-void gaussians_backward(const T *grad, const T *length, const T *cutoff, const T *cutoff_slope,
-                        const int64_t *species, const T *centers, const T *exponents,
-                        const T *gaussians, int64_t edges, int64_t K, int64_t num_species,
-                        T *grad_length, T *grad_norm_length, T *grad_centers_per_thread,
-                        T *grad_exponents_per_thread)
+void gram_backward(const GramSizes &s, const T *grad_gram, const T *vectors, const T *radial,
+                   const int64_t *neighbor, const T *coefficients, const int64_t *exponents,
+                   const T *weights, const T *orbitals, T *grad_vectors, T *grad_radial,
+                   T *grad_coefficients_per_thread)
 {
-  at::parallel_for(0, edges, GAUSSIAN_EDGES, [&](int64_t begin, int64_t end) {
-    const int64_t offset = at::get_thread_num() * num_species * K;
-    T *grad_mu = grad_centers_per_thread ? grad_centers_per_thread + offset : nullptr;
-    T *grad_alpha = grad_exponents_per_thread ? grad_exponents_per_thread + offset : nullptr;
-    for (int64_t e = begin; e < end; ++e) {
-      const int64_t row = species[e] * K;
-      const T *mu = centers + row, *alpha = exponents + row;
-      const T *g = gaussians + e * K, *gr = grad + e * K;
-      T d_length = 0, d_cutoff = 0;
-      for (int64_t k = 0; k < K; ++k) {
-        const T u = length[e] - mu[k];
-        const T weighted = gr[k] * g[k];
-        const T slope = cutoff[e] * weighted * 2 * alpha[k] * u;
-        d_cutoff += weighted;
-        d_length += slope;
-        if (grad_mu) grad_mu[row + k] -= slope;
-        if (grad_alpha) grad_alpha[row + k] += cutoff[e] * weighted * u * u;
-      }
-      grad_length[e] = d_length;
-      grad_norm_length[e] = d_cutoff * cutoff_slope[e];
-    }
+  with_kernel_sizes(s, [&](const auto &ks) {
+    gram_backward_sized<T>(grad_gram, vectors, radial, neighbor, coefficients, exponents, weights,
+                           orbitals, ks, grad_vectors, grad_radial, grad_coefficients_per_thread);
   });
 }
 
-class RadialFunctions : public torch::autograd::Function<RadialFunctions> {
- public:
-  static Tensor forward(AutogradContext *ctx, Tensor length, Tensor norm_length,
-                        Tensor species, Tensor centers, Tensor exponents)
-  {
-    TORCH_CHECK(length.dim() == 1 && norm_length.sizes() == length.sizes() &&
-                    species.sizes() == length.sizes() && centers.dim() == 2 &&
-                    exponents.sizes() == centers.sizes(),
-                "reann::radial_functions: expected length, norm_length and species [E] and "
-                "centers, exponents [species, K]; got ",
-                length.sizes(), ", ", norm_length.sizes(), ", ", species.sizes(), ", ",
-                centers.sizes(), ", ", exponents.sizes());
-    TORCH_CHECK(species.scalar_type() == torch::kInt64 &&
-                    norm_length.scalar_type() == length.scalar_type() &&
-                    centers.scalar_type() == length.scalar_type() &&
-                    exponents.scalar_type() == length.scalar_type(),
-                "reann::radial_functions: int64 species and one floating dtype for the rest");
-    for (const Tensor *t : {&length, &norm_length, &species, &centers, &exponents})
-      TORCH_CHECK(t->device().is_cpu(), "reann::radial_functions runs on CPU tensors only");
-    length = length.contiguous();
-    norm_length = norm_length.contiguous();
-    species = species.contiguous();
-    centers = centers.contiguous();
-    exponents = exponents.contiguous();
-    const int64_t edges = length.size(0), num_species = centers.size(0), K = centers.size(1);
-    Tensor gaussians = torch::empty({edges, K}, length.options());
-    Tensor radial = torch::empty({edges, K}, length.options());
-    Tensor cutoff = torch::empty({edges}, length.options());
-    Tensor cutoff_slope = torch::empty({edges}, length.options());
-    AT_DISPATCH_FLOATING_TYPES(length.scalar_type(), "reann::radial_functions", [&] {
-      gaussians_forward<scalar_t>(
-          length.data_ptr<scalar_t>(), norm_length.data_ptr<scalar_t>(),
-          species.data_ptr<int64_t>(), centers.data_ptr<scalar_t>(),
-          exponents.data_ptr<scalar_t>(), edges, K, num_species, gaussians.data_ptr<scalar_t>(),
-          radial.data_ptr<scalar_t>(), cutoff.data_ptr<scalar_t>(),
-          cutoff_slope.data_ptr<scalar_t>());
-    });
-    ctx->save_for_backward(
-        {length, cutoff, cutoff_slope, species, centers, exponents, gaussians});
-    return radial;
-  }
-
-  static variable_list backward(AutogradContext *ctx, variable_list grad_outputs)
-  {
-    TORCH_CHECK(!torch::GradMode::is_enabled(),
-                "reann::radial_functions has no second derivative (a backward pass with "
-                "create_graph=True); training runs the radial functions in torch");
-    const variable_list saved = ctx->get_saved_variables();
-    const Tensor &length = saved[0], &cutoff = saved[1], &cutoff_slope = saved[2];
-    const Tensor &species = saved[3], &centers = saved[4], &exponents = saved[5];
-    const Tensor &gaussians = saved[6];
-    const Tensor grad = grad_outputs[0].contiguous();
-    const int64_t edges = length.size(0), num_species = centers.size(0), K = centers.size(1);
-    Tensor grad_length = torch::empty_like(length), grad_norm_length = torch::empty_like(length);
-    Tensor grad_centers, grad_exponents;
-    if (ctx->needs_input_grad(3))
-      grad_centers = torch::zeros({at::get_num_threads(), num_species, K}, centers.options());
-    if (ctx->needs_input_grad(4))
-      grad_exponents = torch::zeros({at::get_num_threads(), num_species, K}, centers.options());
-    AT_DISPATCH_FLOATING_TYPES(length.scalar_type(), "reann::radial_functions backward", [&] {
-      gaussians_backward<scalar_t>(
-          grad.data_ptr<scalar_t>(), length.data_ptr<scalar_t>(), cutoff.data_ptr<scalar_t>(),
-          cutoff_slope.data_ptr<scalar_t>(), species.data_ptr<int64_t>(),
-          centers.data_ptr<scalar_t>(), exponents.data_ptr<scalar_t>(), gaussians.data_ptr<scalar_t>(), edges, K, num_species,
-          grad_length.data_ptr<scalar_t>(), grad_norm_length.data_ptr<scalar_t>(),
-          data_or_null<scalar_t>(grad_centers), data_or_null<scalar_t>(grad_exponents));
-    });
-    return {grad_length, grad_norm_length, Tensor(),
-            grad_centers.defined() ? grad_centers.sum(0) : Tensor(),
-            grad_exponents.defined() ? grad_exponents.sum(0) : Tensor()};
-  }
-};
-
-Tensor radial_functions(const Tensor &length, const Tensor &norm_length, const Tensor &species,
-                        const Tensor &centers, const Tensor &exponents)
+template <typename T>
+void gram_double_backward(const GramSizes &s, const T *grad_gram, const T *vectors,
+                          const T *radial, const int64_t *neighbor, const T *coefficients,
+                          const int64_t *exponents, const T *weights, const T *orbitals,
+                          const T *h_vectors, const T *h_radial, const T *h_coefficients,
+                          T *d_grad_gram, T *d_vectors, T *d_radial, T *d_coefficients_per_thread)
 {
-  return RadialFunctions::apply(length, norm_length, species, centers, exponents);
+  with_kernel_sizes(s, [&](const auto &ks) {
+    gram_double_backward_sized<T>(grad_gram, vectors, radial, neighbor, coefficients, exponents,
+                                  weights, orbitals, h_vectors, h_radial, h_coefficients, ks,
+                                  d_grad_gram, d_vectors, d_radial, d_coefficients_per_thread);
+  });
 }
 
-// Python's handle on the block cache (tensor_block_cache.h), as pair_reann's `memory keep` uses it
-void block_cache_install()
+}  // namespace
+
+template <typename T> void add_gram_kernels(KernelSet<T> &set)
 {
-  reann::TensorBlockCache::install();
+  set.gram_forward = &gram_forward<T>;
+  set.gram_backward = &gram_backward<T>;
+  set.gram_double_backward = &gram_double_backward<T>;
 }
 
-void block_cache_next_step()
-{
-  TORCH_CHECK(reann::TensorBlockCache::installed(),
-              "reann::block_cache_next_step: the block cache is not installed "
-              "(reann::block_cache_install)");
-  reann::TensorBlockCache::install().next_step();
-}
+REANN_INSTANTIATE_FOR_FLOATS(add_gram_kernels)
 
-int64_t block_cache_bytes()
-{
-  return reann::TensorBlockCache::installed()
-             ? static_cast<int64_t>(reann::TensorBlockCache::install().cached_bytes())
-             : 0;
-}
-
-}    // namespace
-
-TORCH_LIBRARY(reann, m)
-{
-  m.def("orbital_gram(Tensor vectors, Tensor radial, Tensor neighbor, Tensor coefficients, "
-        "Tensor exponents, Tensor weights) -> Tensor",
-        &orbital_gram);
-  m.def("radial_functions(Tensor length, Tensor norm_length, Tensor species, Tensor centers, "
-        "Tensor exponents) -> Tensor",
-        &radial_functions);
-  m.def("block_cache_install() -> ()", &block_cache_install);
-  m.def("block_cache_next_step() -> ()", &block_cache_next_step);
-  m.def("block_cache_bytes() -> int", &block_cache_bytes);
-}
+}  // namespace REANN_ISA
+}  // namespace reann

@@ -2,6 +2,7 @@
 
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/alloc_cpu.h>
+#include <torch/library.h>
 
 #include <cstdlib>
 #include <new>
@@ -120,4 +121,38 @@ size_t TensorBlockCache::cached_bytes()
   size_t total = 0;
   for (const auto &entry : free_blocks) total += entry.first * entry.second.size();
   return total;
+}
+
+// The ops through which Python (ReannCalculator(memory="keep")) and pair_reann (`memory keep`)
+// use the cache: pair_reann calls them through torch's op registry, so it needs no header of
+// this library
+namespace {
+
+void block_cache_install() { TensorBlockCache::install(); }
+
+bool block_cache_installed() { return TensorBlockCache::installed(); }
+
+void block_cache_next_step()
+{
+  TORCH_CHECK(TensorBlockCache::installed(),
+              "reann::block_cache_next_step: the block cache is not installed "
+              "(reann::block_cache_install)");
+  TensorBlockCache::install().next_step();
+}
+
+int64_t block_cache_bytes()
+{
+  return TensorBlockCache::installed()
+             ? static_cast<int64_t>(TensorBlockCache::install().cached_bytes())
+             : 0;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(reann, m)
+{
+  m.def("block_cache_install() -> ()", &block_cache_install);
+  m.def("block_cache_installed() -> bool", &block_cache_installed);
+  m.def("block_cache_next_step() -> ()", &block_cache_next_step);
+  m.def("block_cache_bytes() -> int", &block_cache_bytes);
 }

@@ -1,6 +1,7 @@
 /* Elementwise exp and sincos over arrays, vectorised with Sleef (torch's vector math library,
    exported by libtorch_cpu) in the widest registers the kernels are built for: 512 bits with
-   AVX-512, 256 with AVX2, scalar std::exp / sin / cos otherwise and for the remainder. */
+   AVX-512, 256 with AVX2, scalar std::exp / sin / cos otherwise and for the remainder. Inside
+   the namespace of the level being built (kernels.h), since its definitions differ by level. */
 
 #pragma once
 
@@ -13,6 +14,7 @@
 #endif
 
 namespace reann {
+namespace REANN_ISA {
 
 // One register of Sleef's: lanes (0: no vector code), unaligned load and store, exp and sincos
 // (whose result has the sines in .x and the cosines in .y)
@@ -81,4 +83,5 @@ template <typename T> inline void sincos(const T *x, int64_t n, T *s, T *c)
   }
 }
 
+}  // namespace REANN_ISA
 }  // namespace reann

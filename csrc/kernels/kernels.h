@@ -88,11 +88,26 @@ template <typename T> struct KernelSet {
   void (*normalise_rows)(const T *gamma, const T *delta, int64_t r0, int64_t r1, int64_t width,
                          T *a, T *normalised, T *inverse_sigma);
   // rows r0 .. r1 - 1 of g, the gradient with respect to a layer norm's output, in place to that
-  // with respect to the activation's input (no norm when `normalised` is null); the gradient
-  // with respect to the activation's output goes to `activation_grad` when not null
+  // with respect to the activation's input (no norm when `normalised` is null); with `sums`
+  // [4, width], also adds the gradients of the layer's gamma, delta, alpha and beta (the latter
+  // two from the activation's input `pre` and the element's alpha, beta)
   void (*norm_activation_backward_rows)(const T *gamma, const T *normalised,
                                         const T *inverse_sigma, const T *d, int64_t r0,
-                                        int64_t r1, int64_t width, T *g, T *activation_grad);
+                                        int64_t r1, int64_t width, T *g, const T *pre,
+                                        const T *alpha, const T *beta, int64_t kind, T *sums);
+  // rows r0 .. r1 - 1 of an activation layer's tangents along its input's t_pre (second
+  // derivatives): t_act, and with a norm (gamma, normalised not null) t_normalised; t_post
+  void (*tangent_rows)(const T *d, const T *gamma, const T *normalised, const T *inverse_sigma,
+                       const T *t_pre, int64_t r0, int64_t r1, int64_t width, T *t_act,
+                       T *t_normalised, T *t_post);
+  // rows r0 .. r1 - 1 of an activation layer backwards for its output and that output's
+  // tangent (second derivatives): bar_pre and t_bar_pre from bar_post (may be null) and
+  // t_bar_post; the parameters' gradients added to sums [4, width]
+  void (*dual_backward_rows)(const T *pre, const T *alpha, const T *beta, int64_t kind,
+                             const T *gamma, const T *normalised, const T *inverse_sigma,
+                             const T *t_pre, const T *t_act, const T *t_normalised,
+                             const T *bar_post, const T *t_bar_post, int64_t r0, int64_t r1,
+                             int64_t width, T *bar_pre, T *t_bar_pre, T *sums);
 };
 
 struct KernelTable {

@@ -171,15 +171,44 @@ void normalise_rows(const T *gamma, const T *delta, int64_t r0, int64_t r1, int6
   }
 }
 
+// One neuron's activation at y: its first and second derivatives d1 = act', d2 = act'', and
+// the derivatives of act and act' with respect to alpha and beta. relu_like is
+// alpha silu(beta y), tanh_like alpha y (1 + (beta y)^2)^(-1/2); silu is relu_like with
+// alpha = beta = 1
+template <typename T> struct NeuronTerms {
+  T d1, d2, f_alpha, f_beta, d1_alpha, d1_beta;
+};
+
+template <typename T> NeuronTerms<T> neuron_terms(T y, T alpha, T beta, int64_t kind)
+{
+  const T u = beta * y;
+  if (kind == int64_t(Activation::tanh_like)) {
+    const T r = T(1) / std::sqrt(T(1) + u * u), r3 = r * r * r, r5 = r3 * r * r;
+    return {alpha * r3, -3 * alpha * beta * u * r5, y * r,
+            -alpha * u * y * y * r3, r3, -3 * alpha * u * y * r5};
+  }
+  // silu(u) = u s(u), s the logistic; silu' = s (1 + u (1 - s)), silu'' = s (1 - s) (2 + u (1 - 2 s))
+  const T s = T(1) / (T(1) + std::exp(-u));
+  const T s1 = s * (T(1) + u * (T(1) - s)), s2 = s * (T(1) - s) * (T(2) + u * (T(1) - 2 * s));
+  return {alpha * beta * s1, alpha * beta * beta * s2, u * s, alpha * y * s1, beta * s1,
+          alpha * (s1 + u * s2)};
+}
+
+// sums[k * width + j] += values of neuron j, k = 0 .. 3 (gamma, delta, alpha, beta)
+enum ParameterSum : int64_t { GAMMA = 0, DELTA = 1, ALPHA = 2, BETA = 3 };
+
 // Rows r0 ... r1 - 1 of the gradient g [N, W] with respect to a layer norm's output, in place
 // to the gradient with respect to the activation's input: through the norm (when `normalised`)
-// and then the activation's slope d. `activation_grad` (when not null) receives the gradient
-// with respect to the activation's output on the way (for its parameters' gradients)
+// and then the activation's slope d. With `sums`, also adds the gradients of the layer's
+// parameters (gamma, delta with a norm; alpha, beta for relu_like and tanh_like, from the
+// activation's input `pre`) to sums [4, W]
 template <typename T>
 void norm_activation_backward_rows(const T *gamma, const T *normalised, const T *inverse_sigma,
                                    const T *d, int64_t r0, int64_t r1, int64_t width, T *g,
-                                   T *activation_grad)
+                                   const T *pre, const T *alpha, const T *beta, int64_t kind,
+                                   T *sums)
 {
+  const bool parametric = sums != nullptr && kind != int64_t(Activation::silu);
   for (int64_t r = r0; r < r1; ++r) {
     T *row = g + r * width;
     const T *sr = d + r * width;
@@ -193,11 +222,119 @@ void norm_activation_backward_rows(const T *gamma, const T *normalised, const T 
       }
       mean /= T(width);
       projection /= T(width);
-      for (int64_t j = 0; j < width; ++j)
+      for (int64_t j = 0; j < width; ++j) {
+        if (sums != nullptr) {
+          sums[GAMMA * width + j] += row[j] * n[j];
+          sums[DELTA * width + j] += row[j];
+        }
         row[j] = inverse_sigma[r] * (gamma[j] * row[j] - mean - n[j] * projection);
+      }
     }
-    if (activation_grad != nullptr) std::copy(row, row + width, activation_grad + r * width);
+    if (parametric)
+      for (int64_t j = 0; j < width; ++j) {
+        const NeuronTerms<T> t = neuron_terms(pre[r * width + j], alpha[j], beta[j], kind);
+        sums[ALPHA * width + j] += row[j] * t.f_alpha;
+        sums[BETA * width + j] += row[j] * t.f_beta;
+      }
     for (int64_t j = 0; j < width; ++j) row[j] *= sr[j];
+  }
+}
+
+// Rows r0 ... r1 - 1 of an activation layer's tangents along t_pre (its input's): t_act =
+// d t_pre, and with a norm t_normalised = J t_act (J the normalised output's Jacobian,
+// (v - mean(v) - z mean(z v)) / sigma) and t_post = gamma t_normalised; without, t_post = t_act
+template <typename T>
+void tangent_rows(const T *d, const T *gamma, const T *normalised, const T *inverse_sigma,
+                  const T *t_pre, int64_t r0, int64_t r1, int64_t width, T *t_act,
+                  T *t_normalised, T *t_post)
+{
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t o = r * width;
+    for (int64_t j = 0; j < width; ++j) t_act[o + j] = d[o + j] * t_pre[o + j];
+    if (normalised == nullptr) {
+      std::copy(t_act + o, t_act + o + width, t_post + o);
+      continue;
+    }
+    T mean = 0, projection = 0;
+    for (int64_t j = 0; j < width; ++j) {
+      mean += t_act[o + j];
+      projection += normalised[o + j] * t_act[o + j];
+    }
+    mean /= T(width);
+    projection /= T(width);
+    for (int64_t j = 0; j < width; ++j) {
+      t_normalised[o + j] =
+          inverse_sigma[r] * (t_act[o + j] - mean - normalised[o + j] * projection);
+      t_post[o + j] = gamma[j] * t_normalised[o + j];
+    }
+  }
+}
+
+// Rows r0 ... r1 - 1 of an activation layer run backwards for a function S of its output and
+// that output's tangent: from bar_post = dS/d(output) (null: 0) and t_bar_post = dS/d(tangent)
+// to bar_pre and t_bar_pre of its input, adding the parameters' gradients to sums [4, W]. With
+// p = gamma t_bar_post and q = t_act, the norm's part of S is <p, J(act) q>, differentiated in
+// act as well: -z (c1 - P Q / w) / (w sigma^2) - (Q J p + P J q) / (w sigma), P = p.z, Q = q.z,
+// c1 = p.q - sum(p) sum(q) / w
+template <typename T>
+void dual_backward_rows(const T *pre, const T *alpha, const T *beta, int64_t kind,
+                        const T *gamma, const T *normalised, const T *inverse_sigma,
+                        const T *t_pre, const T *t_act, const T *t_normalised, const T *bar_post,
+                        const T *t_bar_post, int64_t r0, int64_t r1, int64_t width, T *bar_pre,
+                        T *t_bar_pre, T *sums)
+{
+  const bool parametric = kind != int64_t(Activation::silu);
+  const T one = 1;
+  std::vector<T> bar_act(width), t_bar_act(width);
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t o = r * width;
+    if (normalised != nullptr) {
+      const T *z = normalised + o, is = inverse_sigma[r], w = T(width);
+      T P = 0, Q = 0, sum_p = 0, sum_q = 0, pq = 0, R = 0, sum_r = 0;
+      for (int64_t j = 0; j < width; ++j) {
+        const T p = gamma[j] * t_bar_post[o + j], q = t_act[o + j];
+        P += p * z[j];
+        Q += q * z[j];
+        sum_p += p;
+        sum_q += q;
+        pq += p * q;
+        if (bar_post != nullptr) {
+          const T rr = gamma[j] * bar_post[o + j];
+          R += rr * z[j];
+          sum_r += rr;
+        }
+      }
+      const T c1 = pq - sum_p * sum_q / w;
+      for (int64_t j = 0; j < width; ++j) {
+        const T p = gamma[j] * t_bar_post[o + j], q = t_act[o + j];
+        const T jp = is * (p - sum_p / w - z[j] * P / w);
+        const T jq = is * (q - sum_q / w - z[j] * Q / w);
+        t_bar_act[j] = jp;
+        bar_act[j] = -is * is / w * z[j] * (c1 - P * Q / w) - is / w * (Q * jp + P * jq);
+        sums[GAMMA * width + j] += t_bar_post[o + j] * t_normalised[o + j];
+        if (bar_post != nullptr) {
+          const T rr = gamma[j] * bar_post[o + j];
+          bar_act[j] += is * (rr - sum_r / w - z[j] * R / w);
+          sums[GAMMA * width + j] += bar_post[o + j] * z[j];
+          sums[DELTA * width + j] += bar_post[o + j];
+        }
+      }
+    } else {
+      for (int64_t j = 0; j < width; ++j) {
+        t_bar_act[j] = t_bar_post[o + j];
+        bar_act[j] = bar_post != nullptr ? bar_post[o + j] : T(0);
+      }
+    }
+    for (int64_t j = 0; j < width; ++j) {
+      const NeuronTerms<T> t = neuron_terms(pre[o + j], parametric ? alpha[j] : one,
+                                            parametric ? beta[j] : one, kind);
+      bar_pre[o + j] = t_bar_act[j] * t.d2 * t_pre[o + j] + bar_act[j] * t.d1;
+      t_bar_pre[o + j] = t_bar_act[j] * t.d1;
+      if (parametric) {
+        sums[ALPHA * width + j] += t_bar_act[j] * t_pre[o + j] * t.d1_alpha + bar_act[j] * t.f_alpha;
+        sums[BETA * width + j] += t_bar_act[j] * t_pre[o + j] * t.d1_beta + bar_act[j] * t.f_beta;
+      }
+    }
   }
 }
 
@@ -209,6 +346,8 @@ template <typename T> void add_network_kernels(KernelSet<T> &set)
   set.activate_rows = &activate_rows<T>;
   set.normalise_rows = &normalise_rows<T>;
   set.norm_activation_backward_rows = &norm_activation_backward_rows<T>;
+  set.tangent_rows = &tangent_rows<T>;
+  set.dual_backward_rows = &dual_backward_rows<T>;
 }
 
 REANN_INSTANTIATE_FOR_FLOATS(add_network_kernels)

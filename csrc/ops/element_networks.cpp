@@ -221,6 +221,11 @@ Layout check_inputs(const Tensor &x, const Tensor &atom_types, TensorList weight
   return l;
 }
 
+template <typename T> T *data_or_null(const Tensor &t)
+{
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
 std::vector<Tensor> contiguous(TensorList list)
 {
   std::vector<Tensor> out;
@@ -322,12 +327,6 @@ Tensor element_sums(const Tensor &rows, const Tensor &row_types, int64_t types)
   return torch::zeros({types, rows.size(1)}, rows.options()).index_add_(0, row_types, rows);
 }
 
-// per-element parameters [types, W] as rows [N, W]
-Tensor element_rows(const Tensor &parameter, const Tensor &row_types)
-{
-  return parameter.index_select(0, row_types);
-}
-
 // the element of each element-ordered row [N]
 Tensor row_types_of(const Groups &g, const Tensor &like)
 {
@@ -356,9 +355,9 @@ std::vector<Tensor> zero_gradients(const Network &net)
   return grads;
 }
 
-// index of each parameter group in Network::parameters()
+// index of each parameter in Network::parameters()
 struct ParameterIndex {
-  int64_t linears, activations, norms;
+  int64_t linears, activations;
   int64_t weight(int64_t k) const { return k; }
   int64_t bias(int64_t k) const { return linears + k; }
   int64_t alpha(int64_t a) const { return 2 * linears + 2 * a; }
@@ -369,60 +368,46 @@ struct ParameterIndex {
 
 ParameterIndex parameter_index(const Network &net)
 {
-  return {int64_t(net.weights.size()), int64_t(net.activation_parameters.size()),
-          int64_t(net.norm_parameters.size())};
+  return {int64_t(net.weights.size()), int64_t(net.activation_parameters.size())};
 }
 
-// An activation's derivatives on its input `pre` [N, W], with its parameters as rows
-// (undefined for silu): the first and second derivatives d1 = act', d2 = act'', and the
-// derivatives of act and act' with respect to alpha and beta
-struct ActivationTerms {
-  Tensor d1, d2, f_alpha, f_beta, d1_alpha, d1_beta;
-};
-
-ActivationTerms activation_terms(const Tensor &pre, const Tensor &alpha, const Tensor &beta,
-                                 int64_t kind)
+// A row kernel f(e, r0, r1, sums) over every element's rows, in parallel tasks, each task adding
+// the gradients of activation layer a's parameters to its thread's sums [4, W] (gamma, delta,
+// alpha, beta); those of the layer's parameters then receive them
+template <typename T, typename F>
+void with_parameter_sums(const Groups &g, int64_t a, int64_t width, const Network &net,
+                         std::vector<Tensor> &grads, const Tensor &like, F &&f)
 {
-  ActivationTerms t;
-  if (kind == TANH_LIKE) {
-    // alpha y r with r = (1 + u^2)^(-1/2), u = beta y
-    const Tensor u = beta * pre;
-    const Tensor r = torch::rsqrt(1 + u * u);
-    const Tensor r3 = r * r * r, r5 = r3 * r * r;
-    t.d1 = alpha * r3;
-    t.d2 = -3 * alpha * beta * u * r5;
-    t.f_alpha = pre * r;
-    t.f_beta = -alpha * u * pre * pre * r3;
-    t.d1_alpha = r3;
-    t.d1_beta = -3 * alpha * u * pre * r5;
-    return t;
+  const int64_t types = int64_t(g.offset.size()) - 1;
+  Tensor sums = torch::zeros({at::get_num_threads(), types, 4, width}, like.options());
+  T *base = sums.data_ptr<T>();
+  for_element_rows(g, [&](int64_t e, int64_t r0, int64_t r1) {
+    f(e, r0, r1, base + ((at::get_thread_num() * types + e) * 4) * width);
+  });
+  const Tensor total = sums.sum(0);  // [types, 4, W]
+  const ParameterIndex index = parameter_index(net);
+  if (net.has_norm(a)) {
+    grads[index.gamma(a)] += total.select(1, 0);
+    grads[index.delta(a)] += total.select(1, 1);
   }
-  // silu(u) = u s(u) with the logistic s, of u = beta y (relu_like, times alpha) or u = y
-  const bool parametric = kind == RELU_LIKE;
-  const Tensor u = parametric ? beta * pre : pre;
-  const Tensor s = torch::sigmoid(u);
-  const Tensor s1 = s * (1 + u * (1 - s));
-  const Tensor s2 = s * (1 - s) * (2 + u * (1 - 2 * s));
-  if (!parametric) {
-    t.d1 = s1;
-    t.d2 = s2;
-    return t;
+  if (net.parametric()) {
+    grads[index.alpha(a)] += total.select(1, 2);
+    grads[index.beta(a)] += total.select(1, 3);
   }
-  t.d1 = alpha * beta * s1;
-  t.d2 = alpha * beta * beta * s2;
-  t.f_alpha = u * s;
-  t.f_beta = alpha * pre * s1;
-  t.d1_alpha = beta * s1;
-  t.d1_beta = alpha * (s1 + u * s2);
-  return t;
 }
 
-// J v for rows v [N, W]: the Jacobian of a layer norm's normalised output z with respect to its
-// input, (v - mean(v) - z mean(z v)) / sigma (symmetric)
-Tensor norm_jacobian(const Tensor &v, const Tensor &normalised, const Tensor &inverse_sigma)
+// pointers at element e's row of a per-element parameter [types, W], null for an undefined one
+template <typename T> const T *element_row(const Tensor &parameter, int64_t e)
 {
-  return inverse_sigma.unsqueeze(1) *
-         (v - v.mean(1, true) - normalised * (normalised * v).mean(1, true));
+  return parameter.defined() ? parameter.data_ptr<T>() + e * parameter.size(1) : nullptr;
+}
+
+// activation a's alpha, beta and its norm's gamma (undefined where the layer has none)
+std::tuple<Tensor, Tensor, Tensor> layer_parameters(const Network &net, int64_t a)
+{
+  return {net.parametric() ? net.activation_parameters[2 * a] : Tensor(),
+          net.parametric() ? net.activation_parameters[2 * a + 1] : Tensor(),
+          net.has_norm(a) ? net.norm_parameters[2 * a] : Tensor()};
 }
 
 // The gradient with respect to the network's input of sum(grad * output), element-ordered, and
@@ -444,38 +429,23 @@ Tensor network_backward(const Tensor &grad, const Network &net, const Groups &g,
   };
   // in place, from the gradient w.r.t. activation a's (normalised) output to that w.r.t. its input
   auto through_activation = [&](Tensor &grad_post, int64_t a) {
-    const bool norm = net.has_norm(a);
-    Tensor activation_grad;
-    if (gradients) {
-      if (norm) {
-        (*gradients)[index.gamma(a)] +=
-            element_sums(grad_post * record.normalised[a], row_types, l.types);
-        (*gradients)[index.delta(a)] += element_sums(grad_post, row_types, l.types);
-      }
-      if (net.parametric()) activation_grad = torch::empty_like(grad_post);
-    }
+    const int64_t width = grad_post.size(1);
+    const auto [alpha, beta, gamma] = layer_parameters(net, a);
     AT_DISPATCH_FLOATING_TYPES(grad_post.scalar_type(), "reann::element_networks backward", [&] {
       const auto &kernels = reann::kernels<scalar_t>();
-      for_element_rows(g, [&](int64_t e, int64_t r0, int64_t r1) {
+      auto rows = [&](int64_t e, int64_t r0, int64_t r1, scalar_t *sums) {
         kernels.norm_activation_backward_rows(
-            norm ? net.norm_parameters[2 * a].data_ptr<scalar_t>() + e * grad_post.size(1)
-                 : nullptr,
-            norm ? record.normalised[a].data_ptr<scalar_t>() : nullptr,
-            norm ? record.inverse_sigma[a].data_ptr<scalar_t>() : nullptr,
-            record.slope[a].data_ptr<scalar_t>(), r0, r1, grad_post.size(1),
-            grad_post.data_ptr<scalar_t>(),
-            activation_grad.defined() ? activation_grad.data_ptr<scalar_t>() : nullptr);
-      });
+            element_row<scalar_t>(gamma, e), data_or_null<scalar_t>(record.normalised[a]),
+            data_or_null<scalar_t>(record.inverse_sigma[a]),
+            record.slope[a].data_ptr<scalar_t>(), r0, r1, width, grad_post.data_ptr<scalar_t>(),
+            sums ? record.pre[a].data_ptr<scalar_t>() : nullptr, element_row<scalar_t>(alpha, e),
+            element_row<scalar_t>(beta, e), l.activation, sums);
+      };
+      if (gradients)
+        with_parameter_sums<scalar_t>(g, a, width, net, *gradients, grad_post, rows);
+      else
+        for_element_rows(g, [&](int64_t e, int64_t r0, int64_t r1) { rows(e, r0, r1, nullptr); });
     });
-    if (activation_grad.defined()) {
-      const ActivationTerms t = activation_terms(
-          record.pre[a], element_rows(net.activation_parameters[2 * a], row_types),
-          element_rows(net.activation_parameters[2 * a + 1], row_types), l.activation);
-      (*gradients)[index.alpha(a)] +=
-          element_sums(activation_grad * t.f_alpha, row_types, l.types);
-      (*gradients)[index.beta(a)] +=
-          element_sums(activation_grad * t.f_beta, row_types, l.types);
-    }
   };
 
   int64_t k = int64_t(net.weights.size()) - 1;
@@ -501,10 +471,11 @@ Tensor tangent_linear(const Tensor &in, const Tensor &weight, const Groups &g)
 
 // The second derivatives, for force training. network_backward maps (grad, x, parameters) to
 // grad_x; for the gradient v of a loss with respect to grad_x, this gives that loss's gradients
-// with respect to grad, x and the parameters (added to *gradients). With the tangent t of every
-// quantity along x -> x + v (forward mode), <v, grad_x> = <grad, t_out>: its derivative with
+// with respect to grad, x and the parameters (added to grads). With the tangent t of every
+// quantity along x -> x + v (forward mode), <v, grad_x> = <grad, t_out> = S: its derivative with
 // respect to grad is t_out, and those with respect to x and the parameters come from running
-// the network's layers backwards for both the values and their tangents.
+// the network's layers backwards for both the values and their tangents (`bar` dS/d(value),
+// `t_bar` dS/d(tangent)).
 std::pair<Tensor, Tensor> network_double_backward(const Tensor &v, const Tensor &grad,
                                                   const Network &net, const Groups &g,
                                                   const Record &record,
@@ -514,29 +485,29 @@ std::pair<Tensor, Tensor> network_double_backward(const Tensor &v, const Tensor 
   const ParameterIndex index = parameter_index(net);
   const Tensor row_types = row_types_of(g, grad);
   const int64_t A = l.activations();
-  auto rows = [&](const std::vector<Tensor> &parameters, int64_t i) {
-    return element_rows(parameters[i], row_types);
-  };
-  std::vector<ActivationTerms> terms;
-  for (int64_t a = 0; a < A; ++a)
-    terms.push_back(net.parametric()
-                        ? activation_terms(record.pre[a], rows(net.activation_parameters, 2 * a),
-                                           rows(net.activation_parameters, 2 * a + 1),
-                                           l.activation)
-                        : activation_terms(record.pre[a], Tensor(), Tensor(), l.activation));
 
-  // === tangents: of each activation's input (t_pre), output (t_act), normalised output
-  // (t_normalised) and layer output (t_post) ===
+  // === tangents of each activation's input, output, normalised output and layer output ===
   std::vector<Tensor> t_pre(A), t_act(A), t_normalised(A), t_post(A);
   auto tangent_activation = [&](const Tensor &t_in, int64_t a) {
+    const int64_t width = t_in.size(1);
+    const auto gamma = std::get<2>(layer_parameters(net, a));
     t_pre[a] = t_in;
-    t_act[a] = terms[a].d1 * t_in;
-    if (net.has_norm(a)) {
-      t_normalised[a] = norm_jacobian(t_act[a], record.normalised[a], record.inverse_sigma[a]);
-      t_post[a] = rows(net.norm_parameters, 2 * a) * t_normalised[a];
-    } else {
-      t_post[a] = t_act[a];
-    }
+    t_act[a] = torch::empty_like(t_in);
+    t_post[a] = torch::empty_like(t_in);
+    if (gamma.defined()) t_normalised[a] = torch::empty_like(t_in);
+    AT_DISPATCH_FLOATING_TYPES(t_in.scalar_type(), "reann::element_networks tangent", [&] {
+      const auto &kernels = reann::kernels<scalar_t>();
+      for_element_rows(g, [&](int64_t e, int64_t r0, int64_t r1) {
+        kernels.tangent_rows(record.slope[a].data_ptr<scalar_t>(),
+                             element_row<scalar_t>(gamma, e),
+                             data_or_null<scalar_t>(record.normalised[a]),
+                             data_or_null<scalar_t>(record.inverse_sigma[a]),
+                             t_in.data_ptr<scalar_t>(), r0, r1, width,
+                             t_act[a].data_ptr<scalar_t>(),
+                             data_or_null<scalar_t>(t_normalised[a]),
+                             t_post[a].data_ptr<scalar_t>());
+      });
+    });
     return t_post[a];
   };
   Tensor t_h = tangent_linear(v, net.weights[0], g);
@@ -549,8 +520,7 @@ std::pair<Tensor, Tensor> network_double_backward(const Tensor &v, const Tensor 
   }
   const Tensor t_out = tangent_linear(tangent_activation(t_h, k - 1), net.weights[k], g);
 
-  // === backwards for S = <grad, t_out>: `bar` the gradient of S w.r.t. a value, `t_bar` w.r.t.
-  // its tangent ===
+  // === backwards for S ===
   auto through_linear = [&](const Tensor &bar_out, const Tensor &t_bar_out, int64_t linear) {
     const Tensor &in = linear == 0 ? record.input : record.post[linear - 1];
     const Tensor &t_in = linear == 0 ? v : t_post[linear - 1];
@@ -565,41 +535,25 @@ std::pair<Tensor, Tensor> network_double_backward(const Tensor &v, const Tensor 
   };
   // from (bar, t_bar) of activation a's layer output to those of its input
   auto through_activation = [&](const Tensor &bar_post, const Tensor &t_bar_post, int64_t a) {
-    const ActivationTerms &t = terms[a];
-    Tensor bar_act = bar_post, t_bar_act = t_bar_post;
-    if (net.has_norm(a)) {
-      const Tensor &z = record.normalised[a], &inverse_sigma = record.inverse_sigma[a];
-      const Tensor gamma = rows(net.norm_parameters, 2 * a);
-      const Tensor p = gamma * t_bar_post, q = t_act[a];
-      Tensor gamma_grad = t_bar_post * t_normalised[a];
-      if (bar_post.defined()) {
-        gamma_grad = gamma_grad + bar_post * z;
-        grads[index.delta(a)] += element_sums(bar_post, row_types, l.types);
-      }
-      grads[index.gamma(a)] += element_sums(gamma_grad, row_types, l.types);
-      // <p, J(act) q>, J = (I - 1 1^T / w - z z^T / w) / sigma, differentiated in act too
-      const double w = double(z.size(1));
-      const Tensor P = (p * z).sum(1, true), Q = (q * z).sum(1, true);
-      const Tensor c1 = (p * q).sum(1, true) - p.sum(1, true) * q.sum(1, true) / w;
-      t_bar_act = norm_jacobian(p, z, inverse_sigma);
-      const Tensor jq = norm_jacobian(q, z, inverse_sigma);
-      const Tensor is = inverse_sigma.unsqueeze(1);
-      bar_act = -(is * is / w) * z * (c1 - P * Q / w) - (is / w) * (Q * t_bar_act + P * jq);
-      if (bar_post.defined()) bar_act = bar_act + norm_jacobian(gamma * bar_post, z, inverse_sigma);
-    }
-    Tensor bar_pre = t_bar_act * t.d2 * t_pre[a];
-    if (bar_act.defined()) bar_pre = bar_pre + bar_act * t.d1;
-    if (net.parametric()) {
-      Tensor alpha_grad = t_bar_act * t_pre[a] * t.d1_alpha;
-      Tensor beta_grad = t_bar_act * t_pre[a] * t.d1_beta;
-      if (bar_act.defined()) {
-        alpha_grad = alpha_grad + bar_act * t.f_alpha;
-        beta_grad = beta_grad + bar_act * t.f_beta;
-      }
-      grads[index.alpha(a)] += element_sums(alpha_grad, row_types, l.types);
-      grads[index.beta(a)] += element_sums(beta_grad, row_types, l.types);
-    }
-    return std::make_pair(bar_pre, t_bar_act * t.d1);
+    const int64_t width = t_bar_post.size(1);
+    const auto [alpha, beta, gamma] = layer_parameters(net, a);
+    Tensor bar_pre = torch::empty_like(t_bar_post), t_bar_pre = torch::empty_like(t_bar_post);
+    AT_DISPATCH_FLOATING_TYPES(t_bar_post.scalar_type(), "reann::element_networks dual", [&] {
+      const auto &kernels = reann::kernels<scalar_t>();
+      with_parameter_sums<scalar_t>(
+          g, a, width, net, grads, t_bar_post,
+          [&](int64_t e, int64_t r0, int64_t r1, scalar_t *sums) {
+            kernels.dual_backward_rows(
+                record.pre[a].data_ptr<scalar_t>(), element_row<scalar_t>(alpha, e),
+                element_row<scalar_t>(beta, e), l.activation, element_row<scalar_t>(gamma, e),
+                data_or_null<scalar_t>(record.normalised[a]),
+                data_or_null<scalar_t>(record.inverse_sigma[a]), t_pre[a].data_ptr<scalar_t>(),
+                t_act[a].data_ptr<scalar_t>(), data_or_null<scalar_t>(t_normalised[a]),
+                data_or_null<scalar_t>(bar_post), t_bar_post.data_ptr<scalar_t>(), r0, r1, width,
+                bar_pre.data_ptr<scalar_t>(), t_bar_pre.data_ptr<scalar_t>(), sums);
+          });
+    });
+    return std::make_pair(bar_pre, t_bar_pre);
   };
 
   // the output itself does not enter S: no `bar` for it

@@ -1,0 +1,79 @@
+#!/usr/bin/env python
+"""A/B of two checkouts in one run: a benchmark script of each, alternately, round by round.
+
+The host's speed drifts between minutes more than between neighbouring runs, so the two builds
+are compared run by run within a round. ``A`` and ``B`` are repository roots, each with its own
+``.venv`` (``make install``); every round runs ``<root>/.venv/bin/python
+<root>/benchmarks/SCRIPT ARGS`` for A, then for B, and reads the figures each run prints
+(``--metric``: a regular expression with the groups ``label`` and ``value``). The table gives
+every round's B / A and their median.
+
+Example (``pair_style reann`` at 12,288 atoms, one rank, float32 and float64)::
+
+    python benchmarks/ab.py --a ../baseline --b . --rounds 3 -- \\
+        bench_md.py --sizes 12288 --ranks 1 --data ../shared/data/water_deepmd
+"""
+
+import argparse
+import pathlib
+import re
+import subprocess
+import sys
+from typing import Dict, List
+
+import numpy as np
+
+# bench_md.py's progress lines: "round 1: float32 memory keep  12288 atoms 1 rank(s) images:
+# 13.4 µs/atom-step"
+DEFAULT_METRIC = r"round \d+: (?P<label>.+?): (?P<value>[0-9.]+) µs/atom-step"
+
+
+def run(root: pathlib.Path, script: str, args: List[str], metric: re.Pattern) -> Dict[str, float]:
+    """One run of ``script`` in checkout ``root``: its figures by label."""
+    command = [str(root / ".venv" / "bin" / "python"), str(root / "benchmarks" / script), *args]
+    result = subprocess.run(command, cwd=root, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    figures = {
+        m.group("label"): float(m.group("value"))
+        for m in metric.finditer(result.stdout + result.stderr)
+    }
+    if not figures:
+        raise SystemExit(f"{' '.join(command)} printed nothing matching {metric.pattern!r}")
+    return figures
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--a", required=True, type=pathlib.Path, help="checkout A (reference)")
+    parser.add_argument("--b", required=True, type=pathlib.Path, help="checkout B (candidate)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of A then B (default 3)")
+    parser.add_argument("--metric", default=DEFAULT_METRIC, help="regex with label and value")
+    parser.add_argument("script", help="the benchmark script, e.g. bench_md.py")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
+    args = parser.parse_args(argv)
+    metric = re.compile(args.metric)
+    roots = {"A": args.a.resolve(), "B": args.b.resolve()}
+
+    results: Dict[str, List[Dict[str, float]]] = {"A": [], "B": []}
+    for round_index in range(args.rounds):
+        for side, root in roots.items():
+            results[side].append(run(root, args.script, args.args, metric))
+            print(f"round {round_index + 1} {side}: {results[side][-1]}", file=sys.stderr)
+
+    print(f"\nA = {roots['A']}\nB = {roots['B']}\n{args.script} {' '.join(args.args)}\n")
+    print("| figure | A by round | B by round | B / A by round | median B / A |")
+    print("|---|---|---|---|---|")
+    for label in results["A"][0]:
+        a = [r[label] for r in results["A"]]
+        b = [r[label] for r in results["B"]]
+        ratios = [y / x for x, y in zip(a, b)]
+        print(
+            f"| {label} | {' / '.join(f'{x:.2f}' for x in a)} | "
+            f"{' / '.join(f'{y:.2f}' for y in b)} | {' / '.join(f'{r:.3f}' for r in ratios)} | "
+            f"{float(np.median(ratios)):.3f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -10,8 +10,8 @@ process (one torch thread) so that its peak resident memory is its own:
   first ``water_deepmd`` frame replicated to 192, 1,536 and 12,288 atoms;
 - **training**: forward with forces, energy-per-atom + force MSE, backward, Adam step of the nequip
   ``GraphModel`` in float32 on batches of CO2/Ni(100) frames (REANN ``configuration`` file) and of
-  192-atom water frames, with the density's C++ kernel (``density_kernel: fused``) and with torch
-  operations (``torch``).
+  192-atom water frames, on the C++ kernels (``cpu_kernels: true``) and with torch operations
+  (``cpu_kernels: false``).
 
 Achieved GFLOP/s divide the model's arithmetic (see :func:`model_flops_per_atom`) by the time.
 See ``benchmarks/README.md``.
@@ -191,7 +191,7 @@ def training_worker(args: argparse.Namespace) -> Dict:
         energy_network={"hidden": HIDDEN},
         coefficient_network={"hidden": HIDDEN},
         avg_num_neighbors=avg_num_neighbors,
-        density_kernel=args.density_kernel,
+        cpu_kernels=args.form == "kernels",
     ).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     base_rss = _peak_rss_mb()
@@ -246,11 +246,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--co2-batch", type=int, default=128, help="CO2/Ni(100) frames per step")
     parser.add_argument("--water-batch", type=int, default=128, help="water frames per step")
     parser.add_argument(
-        "--density-kernels",
+        "--forms",
         nargs="+",
-        default=["fused", "torch"],
-        choices=["fused", "torch"],
-        help="training runs with these density_kernel settings",
+        default=["kernels", "torch"],
+        choices=["kernels", "torch"],
+        help="training runs in these forms of the model",
     )
     parser.add_argument("--no-training", action="store_true", help="deployed model only")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls")
@@ -283,13 +283,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     training = []
     if not args.no_training:
         for system, batch_size in (("co2_ni100", args.co2_batch), ("water", args.water_batch)):
-            for kernel in args.density_kernels:
+            for kernel in args.forms:
                 row = run_worker(
                     args,
                     kind="training",
                     system=system,
                     batch_size=batch_size,
-                    density_kernel=kernel,
+                    form=kernel,
                 )
                 training.append({"system": system, "kernel": kernel, **row})
                 print(
@@ -315,7 +315,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     if training:
         print("\nTraining step (float32; forward, forces, energy + force MSE, backward, Adam)")
         print(
-            "| frames | density_kernel | batch | atoms | ms/step | frames/s | GFLOP/s "
+            "| frames | form | batch | atoms | ms/step | frames/s | GFLOP/s "
             "| peak RSS (MB) |"
         )
         print("|---|---|---|---|---|---|---|---|")

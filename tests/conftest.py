@@ -6,10 +6,24 @@ come from ``nequip.utils.unittests.conftest``, loaded as a pytest plugin.
 
 import pytest
 
+from .utils import shared_data
+
 pytest_plugins = ["nequip.utils.unittests.conftest"]
 
 # nequip's suite runs real nequip-train / nequip-package / nequip-compile for these
 _INTEGRATION_TESTS = ("test_ase_compile", "test_train_time_compile", "test_mliap_integration")
+
+
+@pytest.fixture(scope="session")
+def co2_ni100():
+    """REANN's CO2/Ni(100) ``configuration`` file in ../shared/data (skips without it)."""
+    return shared_data("co2_ni100_reann", "val", "configuration")
+
+
+@pytest.fixture(scope="session")
+def water_deepmd():
+    """The DeePMD water systems in ../shared/data (skips without them)."""
+    return shared_data("water_deepmd")
 
 
 @pytest.fixture(scope="session")

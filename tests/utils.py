@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,55 @@ from nequip.data import AtomicDataDict, compute_neighborlist_, from_ase
 from reann_nequip.data import ChemicalSpeciesToAtomTypeMapper
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+# the real data sets of ../shared/data, next to the repository
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+# the model's two forms, as the builders' ``cpu_kernels`` argument chooses them
+FORMS = {"kernels": True, "torch": False}
+
+
+def shared_data(*parts: str) -> pathlib.Path:
+    """A path inside ``../shared/data``; skips the test, saying so, when this clone has none."""
+    import pytest
+
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs the shared data set {path} (a clone next to ../shared)")
+    return path
+
+
+def tiny_model(
+    builder=None,
+    *,
+    type_names=("O", "H"),
+    r_max: float = 3.5,
+    num_recursions: int = 2,
+    model_dtype: str = "float64",
+    seed: int = 4,
+    perturbation_seed: int = 1,
+    **options,
+):
+    """The small REANN model of the physics tests: 4 Gaussians, networks of width 8, parameters
+    perturbed (:func:`randomize_parameters`) so that every stage shapes the outputs. ``builder``
+    is a reann_nequip model builder (default ``ReannModel``); ``options`` go to it."""
+    from reann_nequip.model import ReannModel
+
+    builder = builder or ReannModel
+    network = "energy_network" if builder is ReannModel else "output_network"
+    config = {
+        "num_gaussians": 4,
+        network: {"hidden": [8]},
+        "coefficient_network": {"hidden": [8]},
+        **options,
+    }
+    model = builder(
+        seed=seed,
+        model_dtype=model_dtype,
+        type_names=list(type_names),
+        r_max=r_max,
+        num_recursions=num_recursions,
+        **config,
+    )
+    return randomize_parameters(model, seed=perturbation_seed)
 
 
 def model_input(atoms: Atoms, type_names: List[str], r_max: float) -> AtomicDataDict.Type:
@@ -74,6 +124,20 @@ def _tool_environment(python_path: bool) -> dict:
     return env
 
 
+def run_in_fresh_interpreter(helper: str, *args: str) -> None:
+    """Runs ``helper`` (``module:function`` of the test package) in a new Python process
+    (tests/scripts/in_fresh_interpreter.py); asserts success."""
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "tests" / "scripts" / "in_fresh_interpreter.py"), helper]
+        + list(args),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
 def randomize_parameters(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Perturb every parameter in place: p ← p (1 + 0.2 n₁) + 0.05 n₂, n ~ N(0, 1).
 
@@ -103,3 +167,39 @@ def with_unknown_kernel(deployed: pathlib.Path, output: pathlib.Path) -> pathlib
                 content = content.replace(b"reann.radial_functions(", b"reann.radial_functionx(")
             target.writestr(entry, content)
     return output
+
+
+def error_log_runs(path):
+    """nn.err as one list per run of (epoch, lr, train RMSEs, val RMSEs) and whether each run
+    ended normally."""
+    runs = []
+    for line in path.read_text().splitlines():
+        if line.startswith("REANN-style error log"):
+            runs.append({"epochs": [], "terminated": False})
+        elif line.startswith("Epoch="):
+            match = re.fullmatch(
+                r"Epoch=\s*(\d+) learning rate (\S+) train error:(.*) val error:(.*)", line
+            )
+            assert match, line
+            runs[-1]["epochs"].append(
+                (
+                    int(match[1]),
+                    float(match[2]),
+                    [float(v) for v in match[3].split()],
+                    [float(v) for v in match[4].split()],
+                )
+            )
+        elif line.endswith("terminated normal"):
+            runs[-1]["terminated"] = True
+    return runs
+
+
+def checkpoint_of(path):
+    """A Lightning checkpoint's contents."""
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def schedule_state(checkpoint):
+    """The saved state of the ReannTrainingSchedule callback in a checkpoint."""
+    (state,) = [v for k, v in checkpoint["callbacks"].items() if "ReannTrainingSchedule" in k]
+    return state

@@ -8,7 +8,7 @@ import torch
 from nequip.data import AtomicDataDict
 
 from .._version import __version__
-from ..nn.element_networks import use_fused_networks
+from ..nn.forms import use_kernels
 from ..nn.kernels import load_kernels
 from .deployed_model import EXCHANGE_METHODS, DeployedEnergyModel, DeployedTensorModel
 
@@ -93,9 +93,7 @@ _TENSOR_KINDS = {
 
 
 def _reann_stage(graph_model: torch.nn.Module, stage: str, source: str) -> torch.nn.Module:
-    """The stage ``density`` (``RecursiveEmbeddedDensity``), ``radial_basis``
-    (``SpeciesGaussianBasis``) or ``atomic_energy`` (``AtomicScalarReadout``) inside any
-    reann_nequip model."""
+    """The stage named ``stage`` (e.g. ``density``) inside any reann_nequip model."""
     for name, module in graph_model.model.named_modules():
         if name.split(".")[-1] == stage:
             return module
@@ -165,26 +163,12 @@ def save_deployed(
 ) -> Dict[str, str]:
     """Script a nequip ``GraphModel`` of a reann_nequip model into ``output_path``; returns the
     metadata. Energy models get :class:`DeployedEnergyModel` (LAMMPS and ASE), tensor models
-    :class:`DeployedTensorModel` (ASE). Energy models compute the orbitals' Gram matrices, the
-    radial functions and the element networks with the C++ kernels
-    (:meth:`~reann_nequip.nn.RecursiveEmbeddedDensity.use_fused_kernels`,
-    :meth:`~reann_nequip.nn.SpeciesGaussianBasis.use_fused_kernels`,
-    :func:`~reann_nequip.nn.element_networks.use_fused_networks`), fold each recursion step's
-    pair mixing into its update networks and the final one into the energy readout
-    (:meth:`~reann_nequip.nn.RecursiveEmbeddedDensity.fold_pair_mixing`,
-    :meth:`~reann_nequip.nn.RecursiveEmbeddedDensity.fold_final_mixing`) and are frozen
-    (``torch.jit.freeze``, the coefficient-exchange methods kept); ``graph_model`` itself is
+    :class:`DeployedTensorModel` (ASE). Both run their stages' kernel forms
+    (:func:`~reann_nequip.nn.use_kernels`); energy models are frozen. ``graph_model`` itself is
     left unchanged."""
     metadata = deployed_metadata(graph_model, units, source)
-    graph_model = copy.deepcopy(graph_model)
+    graph_model = use_kernels(copy.deepcopy(graph_model), True)
     if metadata["model_kind"] == "energy":
-        density = _reann_stage(graph_model, "density", source)
-        density.use_fused_kernels()
-        density.fold_pair_mixing()
-        readout = _reann_stage(graph_model, "atomic_energy", source)
-        density.fold_final_mixing(readout, graph_model)
-        _reann_stage(graph_model, "radial_basis", source).use_fused_kernels()
-        use_fused_networks(graph_model)
         # the per-atom energy part, inside the ForceStressOutput
         deployed = DeployedEnergyModel(graph_model.model.func)
     else:
@@ -194,10 +178,9 @@ def save_deployed(
         parameter.requires_grad_(False)
     scripted = torch.jit.script(deployed)
     if metadata["model_kind"] == "energy":
-        # frozen, the coefficient-exchange methods kept. They share the submodules with
-        # forward, so the parameters stay attributes and nothing computed from them alone is
-        # folded here (hence fold_pair_mixing above, for the updates' Q W). Freezing drops
-        # detach(); DeployedEnergyModel does without it
+        # frozen, the coefficient-exchange methods kept (they share the submodules with
+        # forward, so the parameters stay attributes). Freezing drops detach();
+        # DeployedEnergyModel does without
         scripted = torch.jit.freeze(scripted, preserved_attrs=list(EXCHANGE_METHODS))
     torch.jit.save(scripted, output_path, _extra_files=metadata)
     return metadata

@@ -117,7 +117,7 @@ class DeployedEnergyModel(torch.nn.Module):
     def exchange_geometry(
         self, pos: torch.Tensor, atom_types: torch.Tensor, edge_index: torch.Tensor, num_local: int
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Slot-geometry and radial neighbour blocks of the local atoms, differentiable in ``pos`` [N, 3]
+        """Vector and radial neighbour blocks of the local atoms, differentiable in ``pos`` [N, 3]
         (local and ghost atoms, explicit positions: no shifts), and the neighbour of each slot."""
         data: AtomicDataDict.Type = {
             AtomicDataDict.POSITIONS_KEY: pos,
@@ -127,7 +127,12 @@ class DeployedEnergyModel(torch.nn.Module):
         data = self.energy_model.edge_vectors(data)
         data = self.energy_model.edge_length(data)
         data = self.energy_model.radial_basis(data)
-        return self.energy_model.density.geometry(data, num_local)
+        return self.energy_model.density.block_geometry(
+            data[AtomicDataDict.EDGE_VECTORS_KEY].to(self.model_dtype),
+            data[AtomicDataDict.EDGE_EMBEDDING_KEY],
+            edge_index,
+            num_local,
+        )
 
     @torch.jit.export
     def exchange_initial_coefficients(self, atom_types: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ from reann_nequip.nn import (
     TransitionDipoleFromHeads,
 )
 from reann_nequip.nn.activations import ACTIVATIONS
-from reann_nequip.nn.element_networks import use_fused_networks
+from reann_nequip.nn.forms import use_kernels
 
 # REANN's `nl`, `nblock`, `activate`, `table_norm`, `dropout_p` (and their `oc_` twins), with the
 # manual's widths [64, 64] rather than read.py's [128, 128]
@@ -102,11 +102,10 @@ _DENSITY_ARGS_DOC = """
             (REANN uses 1/``neigh_atoms``; default ``None`` gives 1)
         per_edge_type_cutoff (dict): smaller cutoffs per element pair, as in nequip
             (default ``None``)
-        density_kernel (str): how the density's sums run on CPU: ``fused`` (the C++ kernel,
-            built by ``reann-nequip build-lammps``; half the training memory), ``torch``
-            (torch operations), ``auto`` (default: fused when the kernel is built). With the
-            kernel, energy models also run their element networks in eval mode as one C++ op
-            (training mode keeps torch operations: forces are differentiated again)"""
+        cpu_kernels (bool): run on the C++ kernels where the model runs on CPU, in training
+            as in MD (default ``True``); ``False`` keeps the torch form everywhere. Models built
+            for graph capture (``compile_mode: compile``, ``nequip-compile``) and for
+            ``nequip-package`` take the torch form either way"""
 
 
 def _density_network(
@@ -122,10 +121,10 @@ def _density_network(
     gaussian_exponents: Optional[List] = None,
     avg_num_neighbors: Optional[float] = None,
     per_edge_type_cutoff: Optional[Dict[str, Union[float, Dict[str, float]]]] = None,
-    density_kernel: str = "auto",
+    cpu_kernels: bool = True,
     **unknown,
-) -> Tuple[Dict[str, GraphModuleMixin], int]:
-    """The validated REANN density stages by name, and the density width M."""
+) -> Tuple[Dict[str, GraphModuleMixin], int, bool]:
+    """The validated REANN density stages by name, the density width M and ``cpu_kernels``."""
     # === validate ===
     if unknown:
         allowed = [p for p in inspect.signature(_density_network).parameters if p != "unknown"]
@@ -150,6 +149,8 @@ def _density_network(
         raise ValueError(f"`num_orbitals` must be an integer >= 1, found {num_orbitals!r}")
     if avg_num_neighbors is not None and not avg_num_neighbors > 0:
         raise ValueError(f"`avg_num_neighbors` must be positive, found {avg_num_neighbors}")
+    if not isinstance(cpu_kernels, bool):
+        raise ValueError(f"`cpu_kernels` must be true or false, found {cpu_kernels!r}")
     coefficient_network = _network_options("coefficient_network", coefficient_network)
 
     # === modules ===
@@ -177,7 +178,6 @@ def _density_network(
         shared_mixing=shared_mixing,
         initial_coefficient=1.0 if avg_num_neighbors is None else 1.0 / avg_num_neighbors,
         coefficient_network=coefficient_network,
-        density_kernel=density_kernel,
         irreps_in=radial_basis.irreps_out,
     )
     stages = {
@@ -186,7 +186,24 @@ def _density_network(
         "radial_basis": radial_basis,
         "density": density,
     }
-    return stages, num_orbitals
+    return stages, num_orbitals, cpu_kernels
+
+
+def _with_form(model: GraphModuleMixin, cpu_kernels: bool) -> GraphModuleMixin:
+    """``model`` with its stages' kernel forms enabled or not: the builders' one choice of form.
+
+    Kernels run where asked for, except in models that nequip will capture as a graph: under
+    train-time ``torch.compile`` (``compile_mode: compile``) and in ``nequip-compile``, whose
+    tracers cannot enter the C++ kernels, and in ``nequip-package``, whose archives stay portable
+    (``enable_ReannKernels`` turns a packaged model's kernels on)."""
+    from nequip.model.utils import get_current_compile_mode
+    from nequip.scripts._workflow_utils import get_workflow_state
+
+    captured = get_current_compile_mode() == "compile" or get_workflow_state() in (
+        "compile",
+        "package",
+    )
+    return use_kernels(model, cpu_kernels and not captured)
 
 
 @model_builder
@@ -201,7 +218,7 @@ def ReannModel(
     do_derivatives: bool = True,
     **density_options,
 ) -> GraphModel:
-    stages, num_orbitals = _density_network(r_max, type_names, **density_options)
+    stages, num_orbitals, cpu_kernels = _density_network(r_max, type_names, **density_options)
     atomic_energy = AtomicScalarReadout(
         type_names=list(type_names),
         num_orbitals=num_orbitals,
@@ -233,10 +250,7 @@ def ReannModel(
             "total_energy_sum": total_energy,
         }
     )
-    if stages["density"].runs_kernels():
-        stages["radial_basis"].use_fused_kernels()
-        use_fused_networks(energy_model)
-    return ForceStressOutput(energy_model, do_derivatives)
+    return ForceStressOutput(_with_form(energy_model, cpu_kernels), do_derivatives)
 
 
 ReannModel.__doc__ = f"""REANN energy model (EANN when ``num_recursions`` is 0): energies, forces and stress.
@@ -303,7 +317,7 @@ def ReannDipoleModel(
     output_network: Optional[Dict[str, Any]] = None,
     **density_options,
 ) -> GraphModel:
-    stages, num_orbitals = _density_network(r_max, type_names, **density_options)
+    stages, num_orbitals, cpu_kernels = _density_network(r_max, type_names, **density_options)
     heads = _scalar_heads(
         type_names,
         num_orbitals,
@@ -317,7 +331,7 @@ def ReannDipoleModel(
         total_dipole_field=_keys.TOTAL_DIPOLE_KEY,
         irreps_in=heads["dipole_charge"].irreps_out,
     )
-    return SequentialGraphNetwork({**stages, **heads, "dipole": dipole})
+    return _with_form(SequentialGraphNetwork({**stages, **heads, "dipole": dipole}), cpu_kernels)
 
 
 @model_builder
@@ -327,7 +341,7 @@ def ReannTransitionDipoleModel(
     output_network: Optional[Dict[str, Any]] = None,
     **density_options,
 ) -> GraphModel:
-    stages, num_orbitals = _density_network(r_max, type_names, **density_options)
+    stages, num_orbitals, cpu_kernels = _density_network(r_max, type_names, **density_options)
     heads = _scalar_heads(
         type_names,
         num_orbitals,
@@ -340,7 +354,10 @@ def ReannTransitionDipoleModel(
         out_field=_keys.TRANSITION_DIPOLE_KEY,
         irreps_in=heads["transition_dipole_heads"].irreps_out,
     )
-    return SequentialGraphNetwork({**stages, **heads, "transition_dipole": transition_dipole})
+    return _with_form(
+        SequentialGraphNetwork({**stages, **heads, "transition_dipole": transition_dipole}),
+        cpu_kernels,
+    )
 
 
 @model_builder
@@ -351,7 +368,7 @@ def ReannPolarizabilityModel(
     per_type_isotropic_polarizability: Union[float, Dict[str, float]] = 0.0,
     **density_options,
 ) -> GraphModel:
-    stages, num_orbitals = _density_network(r_max, type_names, **density_options)
+    stages, num_orbitals, cpu_kernels = _density_network(r_max, type_names, **density_options)
     heads = _scalar_heads(
         type_names,
         num_orbitals,
@@ -373,7 +390,7 @@ def ReannPolarizabilityModel(
     )
     heads_model = SequentialGraphNetwork({**stages, **heads, "isotropic_shift": isotropic_shift})
     return PolarizabilityFromGradients(
-        heads_model,
+        _with_form(heads_model, cpu_kernels),
         potential_0_field=_keys.POLARIZABILITY_POTENTIAL_0_KEY,
         potential_1_field=_keys.POLARIZABILITY_POTENTIAL_1_KEY,
         isotropic_field=_keys.ATOMIC_ISOTROPIC_POLARIZABILITY_KEY,

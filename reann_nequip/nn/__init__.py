@@ -6,7 +6,8 @@ from .atomic_readout import AtomicScalarReadout
 from .dipole import DipoleFromCharges, TransitionDipoleFromHeads
 from .edge_vectors import EdgeVectors, with_edge_vectors
 from .element_networks import ElementNetworks
-from .embedded_density import CartesianMonomials, FusedOrbitalGram, OrbitalGram
+from .embedded_density import CartesianMonomials
+from .forms import KernelStage, use_kernels
 from .polarizability import PolarizabilityFromGradients
 from .radial_basis import SpeciesGaussianBasis, squared_cosine_cutoff
 from .recursive_density import OrbitalCoefficientUpdate, RecursiveEmbeddedDensity
@@ -18,13 +19,13 @@ __all__ = [
     "EdgeVectors",
     "ElementActivation",
     "ElementNetworks",
-    "FusedOrbitalGram",
+    "KernelStage",
     "OrbitalCoefficientUpdate",
-    "OrbitalGram",
     "PolarizabilityFromGradients",
     "RecursiveEmbeddedDensity",
     "SpeciesGaussianBasis",
     "TransitionDipoleFromHeads",
     "squared_cosine_cutoff",
+    "use_kernels",
     "with_edge_vectors",
 ]

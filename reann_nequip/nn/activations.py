@@ -2,7 +2,7 @@
 
 REANN gives every neuron of every element network its own learnable amplitude α and
 slope β (its ``Relu_like`` and ``Tanh_like``); SiLU is offered as a parameter-free option.
-Parameters are stacked over elements; a call processes the atoms of one element.
+Parameters are stacked over elements; a call processes every element at once.
 """
 
 import math
@@ -46,17 +46,17 @@ class ElementActivation(torch.nn.Module):
             self.alpha = torch.nn.Parameter(torch.full((num_types, width), alpha))
             self.beta = torch.nn.Parameter(torch.full((num_types, width), beta))
 
-    def affine(self) -> List[torch.Tensor]:
-        """[α, β] ([num_types, width] each), or none for SiLU."""
+    def parameter_list(self) -> List[torch.Tensor]:
+        """[α, β] ([num_types, width] each), or none for SiLU: the kernel form's arguments."""
         if self.kind == "silu":
             return []
         return [self.alpha, self.beta]
 
-    def forward(self, x: torch.Tensor, element: int) -> torch.Tensor:
-        """``x``: [num_atoms, width] of atoms of one ``element`` → [num_atoms, width]."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: [num_types, num_atoms, width], row t through element t's parameters."""
         if self.kind == "silu":
             return torch.nn.functional.silu(x)
-        alpha, beta = self.alpha[element], self.beta[element]  # [width]
+        alpha, beta = self.alpha.unsqueeze(1), self.beta.unsqueeze(1)  # [num_types, 1, width]
         if self.kind == "relu_like":
             return alpha * torch.nn.functional.silu(beta * x)
         return alpha * x * torch.rsqrt(1.0 + (beta * x).square())

@@ -16,11 +16,10 @@ class AtomicScalarReadout(GraphModuleMixin, torch.nn.Module):
     Subtracting the network's value at zero density makes an isolated atom's output exactly 0
     here, so after nequip's ``PerTypeScaleShift`` it is exactly the per-type shift (e.g. the
     isolated-atom reference energy). REANN instead puts the mean energy per atom into the output
-    bias; the difference is a constant per element, carried by the shift.
+    bias; the difference is a constant per element, carried by the shift. The values at zero
+    density come from the same network call, as one extra row per element.
 
-    Reads ``node_features`` [num_atoms, M] (in deployed energy files the Gram matrices G
-    [num_atoms, F] of ρ = G Q, Q folded into the network's input layer); writes
-    ``out_field`` [num_atoms, num_scalars].
+    Reads ``node_features`` [num_atoms, M]; writes ``out_field`` [num_atoms, num_scalars].
 
     Args:
         type_names (list[str]): element names
@@ -55,10 +54,11 @@ class AtomicScalarReadout(GraphModuleMixin, torch.nn.Module):
     def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
         density = data[AtomicDataDict.NODE_FEATURES_KEY]
         atom_types = data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
-        scalars = self.network(density, atom_types)  # [num_atoms, num_scalars]
-        zero = torch.zeros(
-            self.all_types.shape[0], density.shape[1], dtype=density.dtype, device=density.device
-        )
-        isolated = self.network(zero, self.all_types)  # [num_types, num_scalars]
-        data[self.out_field] = scalars - torch.index_select(isolated, 0, atom_types)
+        num_atoms, num_types = density.shape[0], self.all_types.shape[0]
+        zero = torch.zeros(num_types, density.shape[1], dtype=density.dtype, device=density.device)
+        scalars = self.network(
+            torch.cat([density, zero]), torch.cat([atom_types, self.all_types])
+        )  # [num_atoms + num_types, num_scalars]
+        isolated = scalars[num_atoms:]  # [num_types, num_scalars]
+        data[self.out_field] = scalars[:num_atoms] - torch.index_select(isolated, 0, atom_types)
         return data

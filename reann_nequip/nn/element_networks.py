@@ -1,10 +1,10 @@
 """REANN's per-element residual networks (its ``NNMod`` of ``ResBlock``s), one per element.
 
-The weights of all elements are stacked along a leading type dimension. The atoms of each
-element are gathered once, pushed through that element's whole network with plain matmuls and
-broadcast per-neuron parameters, and scattered back: every atom costs the arithmetic of its own
-network only. With the kernel library, eval mode runs the same in one C++ op
-(``reann::element_networks``).
+The weights of all elements are stacked along a leading type dimension. Torch form: every atom
+goes through every element's network as one batched product per layer, and each atom keeps its
+own element's output (static shapes, for graph capture and other devices). Kernel form:
+``reann::element_networks`` groups the atoms by element and runs each group through its own
+network only, with first and second derivatives.
 """
 
 import math
@@ -13,8 +13,7 @@ from typing import List, Optional
 import torch
 
 from .activations import ACTIVATIONS, ElementActivation
-from .graph_capture import capturing_graph
-from .kernels import load_kernels
+from .forms import KernelStage
 
 
 class ElementLinear(torch.nn.Module):
@@ -51,16 +50,9 @@ class ElementLinear(torch.nn.Module):
         self.weight = torch.nn.Parameter(weight)  # [num_types, in, out]
         self.bias = torch.nn.Parameter(initial_bias)  # [num_types, out]
 
-    def forward(
-        self, x: torch.Tensor, element: int, input_mixing: Optional[torch.Tensor] = None
-    ) -> torch.Tensor:
-        """``x``: [num_atoms, in] of atoms of one ``element`` → [num_atoms, out]; or, with
-        ``input_mixing`` Q [F, in], ``x`` [num_atoms, F] whose product x Q is the input, taken
-        as x (Q W) + b so that x Q is never formed."""
-        weight = self.weight[element]
-        if input_mixing is not None:
-            weight = torch.mm(input_mixing, weight)
-        return torch.addmm(self.bias[element], x, weight)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[num_types, num_atoms, in] → [num_types, num_atoms, out], row t by element t."""
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight)
 
 
 class ElementLayerNorm(torch.nn.Module):
@@ -72,14 +64,24 @@ class ElementLayerNorm(torch.nn.Module):
         self.weight = torch.nn.Parameter(torch.ones(num_types, width))
         self.bias = torch.nn.Parameter(torch.zeros(num_types, width))
 
-    def affine(self) -> List[torch.Tensor]:
-        """[γ, δ], [num_types, width] each."""
+    def parameter_list(self) -> List[torch.Tensor]:
+        """[γ, δ], [num_types, width] each: the kernel form's arguments."""
         return [self.weight, self.bias]
 
-    def forward(self, x: torch.Tensor, element: int) -> torch.Tensor:
-        return torch.nn.functional.layer_norm(
-            x, [self.width], self.weight[element], self.bias[element]
-        )
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[num_types, num_atoms, width], row t by element t's γ and δ."""
+        normalised = torch.nn.functional.layer_norm(x, [self.width])
+        return normalised * self.weight.unsqueeze(1) + self.bias.unsqueeze(1)
+
+
+class Passthrough(torch.nn.Module):
+    """Stands in for :class:`ElementLayerNorm` when normalisation is off."""
+
+    def parameter_list(self) -> List[torch.Tensor]:
+        return []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
 
 
 class HiddenLayer(torch.nn.Module):
@@ -100,27 +102,10 @@ class HiddenLayer(torch.nn.Module):
         self.activation = ElementActivation(activation, num_types, width, fan_in)
         self.norm = ElementLayerNorm(num_types, width) if layer_norm else Passthrough()
         self.dropout = torch.nn.Dropout(dropout)
-        self.linear = ElementLinear(
-            num_types,
-            width,
-            out_width,
-            zero_weight=zero_output,
-            bias=0.0,
-        )
+        self.linear = ElementLinear(num_types, width, out_width, zero_weight=zero_output, bias=0.0)
 
-    def forward(self, x: torch.Tensor, element: int) -> torch.Tensor:
-        x = self.norm(self.activation(x, element), element)
-        return self.linear(self.dropout(x), element)
-
-
-class Passthrough(torch.nn.Module):
-    """Stands in for :class:`ElementLayerNorm` when normalisation is off."""
-
-    def affine(self) -> List[torch.Tensor]:
-        return []
-
-    def forward(self, x: torch.Tensor, element: int) -> torch.Tensor:
-        return x
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.dropout(self.norm(self.activation(x))))
 
 
 class ResidualBlock(torch.nn.Module):
@@ -157,23 +142,20 @@ class ResidualBlock(torch.nn.Module):
             ]
         )
 
-    def forward(self, x: torch.Tensor, element: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x
         for layer in self.layers:
-            y = layer(y, element)
+            y = layer(y)
         return x + y
 
 
-class ElementNetworks(torch.nn.Module):
+class ElementNetworks(KernelStage):
     """One residual network per element, applied to each atom by its element.
 
     Structure (REANN ``NNMod``): linear(in → h1) → ``num_blocks`` residual blocks →
     activation → linear(h1 → out). The output layer starts at zero (weights and bias), so a
-    new network outputs zero for every atom.
-
-    After :meth:`use_fused_kernel`, eval mode on CPU runs all elements' networks in one C++ op
-    (``reann::element_networks``); its backward pass gives input gradients only (forces), so
-    training mode (and other devices) keep the torch form.
+    new network outputs zero for every atom. The kernel form has no dropout, so networks with
+    dropout keep their torch form.
 
     Args:
         num_types (int): number of elements
@@ -202,7 +184,7 @@ class ElementNetworks(torch.nn.Module):
         self.out_features = out_features
         self.layers_per_block = len(hidden)
         self.activation_code = ACTIVATIONS.index(activation)
-        self.fused = False
+        self.has_dropout = any(p > 0 for p in dropout)
         self.input_linear = ElementLinear(
             num_types, in_features, hidden[0], zero_weight=False, bias=None
         )
@@ -217,6 +199,9 @@ class ElementNetworks(torch.nn.Module):
             num_types, hidden[0], out_features, zero_weight=True, bias=0.0
         )
 
+    def kernel_form_available(self) -> bool:
+        return not self.has_dropout
+
     def forward(
         self,
         x: torch.Tensor,
@@ -226,47 +211,30 @@ class ElementNetworks(torch.nn.Module):
         """``x``: [num_atoms, in_features]; ``atom_types``: [num_atoms] → [num_atoms, out].
 
         A linear map of the input can be folded into the input layer: with ``input_mixing`` Q
-        [F, in_features], ``x`` is [num_atoms, F] and the networks read x Q."""
-        fused = self.fused and not self.training and x.device.type == "cpu"
-        if fused and not capturing_graph():
-            return self.fused_forward(x, atom_types, input_mixing)
-        out = torch.zeros(x.shape[0], self.out_features, dtype=x.dtype, device=x.device)
-        if capturing_graph():
-            # static shapes: every atom through every element's network, its own one kept
-            for element in range(self.num_types):
-                own = (atom_types == element).unsqueeze(-1)  # [num_atoms, 1]
-                out = torch.where(own, self.element_forward(x, element, input_mixing), out)
-            return out
-        for element in range(self.num_types):
-            atoms = torch.nonzero(atom_types == element).view(-1)
-            y = self.element_forward(torch.index_select(x, 0, atoms), element, input_mixing)
-            out = torch.index_copy(out, 0, atoms, y)
-        return out
-
-    def fold_input_mixing(self, mixing: torch.Tensor) -> None:
-        """The input layer takes a fixed linear map Q [F, in_features] of its input, W ← Q W
-        [num_types, F, H], once: the networks then read x [num_atoms, F] where they read x Q
-        before (deployed files; W no longer trains)."""
-        layer = self.input_linear
-        with torch.no_grad():
-            folded = torch.matmul(mixing, layer.weight)
-        layer.weight = torch.nn.Parameter(folded, requires_grad=False)
-
-    def use_fused_kernel(self) -> None:
-        """Run eval mode with the C++ op; raises if the kernel library is not built."""
-        load_kernels()
-        self.fused = True
-
-    def fused_forward(
-        self,
-        x: torch.Tensor,
-        atom_types: torch.Tensor,
-        input_mixing: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        """:meth:`forward` as one ``reann::element_networks`` call."""
-        input_weight = self.input_linear.weight
+        [F, in_features], ``x`` is [num_atoms, F] and the networks read x Q, as x (Q W) + b."""
+        input_weight = self.input_linear.weight  # [num_types, in, h1]
         if input_mixing is not None:
-            input_weight = torch.matmul(input_mixing, input_weight)
+            input_weight = torch.matmul(input_mixing, input_weight)  # [num_types, F, h1]
+        if self.runs_kernels(x):
+            return self.kernel_form(x, atom_types, input_weight)
+        return self.torch_form(x, atom_types, input_weight)
+
+    def torch_form(
+        self, x: torch.Tensor, atom_types: torch.Tensor, input_weight: torch.Tensor
+    ) -> torch.Tensor:
+        """Every atom through every element's network, its own element's output kept."""
+        expanded = x.unsqueeze(0).expand(self.num_types, -1, -1)  # [num_types, num_atoms, in]
+        h = torch.baddbmm(self.input_linear.bias.unsqueeze(1), expanded, input_weight)
+        for block in self.blocks:
+            h = block(h)
+        out = self.output_linear(self.output_activation(h))  # [num_types, num_atoms, out]
+        own = atom_types.view(1, -1, 1).expand(1, -1, self.out_features)
+        return torch.gather(out, 0, own).squeeze(0)
+
+    def kernel_form(
+        self, x: torch.Tensor, atom_types: torch.Tensor, input_weight: torch.Tensor
+    ) -> torch.Tensor:
+        """The same by ``reann::element_networks``."""
         weights = [input_weight]
         biases = [self.input_linear.bias]
         activations: List[torch.Tensor] = []
@@ -275,11 +243,11 @@ class ElementNetworks(torch.nn.Module):
             for layer in block.layers:
                 weights.append(layer.linear.weight)
                 biases.append(layer.linear.bias)
-                activations.extend(layer.activation.affine())
-                norms.extend(layer.norm.affine())
+                activations.extend(layer.activation.parameter_list())
+                norms.extend(layer.norm.parameter_list())
         weights.append(self.output_linear.weight)
         biases.append(self.output_linear.bias)
-        activations.extend(self.output_activation.affine())
+        activations.extend(self.output_activation.parameter_list())
         return torch.ops.reann.element_networks(
             x,
             atom_types,
@@ -290,22 +258,3 @@ class ElementNetworks(torch.nn.Module):
             self.activation_code,
             self.layers_per_block,
         )
-
-    def element_forward(
-        self, x: torch.Tensor, element: int, input_mixing: Optional[torch.Tensor] = None
-    ) -> torch.Tensor:
-        """``x``: [num_atoms, in_features] (or [num_atoms, F] with ``input_mixing`` [F,
-        in_features], see :meth:`forward`) of atoms of one ``element`` → [num_atoms, out]."""
-        x = self.input_linear(x, element, input_mixing)
-        for block in self.blocks:
-            x = block(x, element)
-        x = self.output_activation(x, element)
-        return self.output_linear(x, element)
-
-
-def use_fused_networks(module: torch.nn.Module) -> None:
-    """Every :class:`ElementNetworks` in ``module`` runs eval mode with the C++ op; raises if
-    the kernel library is not built."""
-    for submodule in module.modules():
-        if isinstance(submodule, ElementNetworks):
-            submodule.use_fused_kernel()

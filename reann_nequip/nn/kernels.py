@@ -1,7 +1,7 @@
 """The C++ kernels ``torch.ops.reann`` (CPU), built with the package into ``reann_nequip/lib``.
 
-Importing this module loads the library (once per process) when it is built; without it, using
-a kernel raises with the remedy. Its numerical kernels exist for
+:func:`load_kernels` loads the library once per process (the model builders, ``nequip-deploy``
+and the ASE calculator call it). Its numerical kernels exist for
 several x86-64 instruction-set levels; the library runs the highest one the CPU supports, or the
 lower one named by the environment variable ``REANN_NEQUIP_ISA`` (``baseline``, ``avx2``,
 ``avx512``).
@@ -65,6 +65,3 @@ def supported_kernel_isas() -> List[str]:
     load_kernels()
     return list(torch.ops.reann.supported_kernel_isas())
 
-
-if library_path().is_file():
-    load_kernels()

@@ -7,9 +7,7 @@ import torch
 from nequip.data import AtomicDataDict
 from nequip.nn import GraphModuleMixin
 
-from .graph_capture import capturing_graph
-from .kernels import load_kernels
-from .recompute import recomputed
+from .forms import KernelStage
 
 
 def squared_cosine_cutoff(x: torch.Tensor) -> torch.Tensor:
@@ -22,12 +20,29 @@ def squared_cosine_cutoff(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x < 1.0, fc, torch.zeros_like(fc))
 
 
-class SpeciesGaussianBasis(GraphModuleMixin, torch.nn.Module):
+def species_gaussians(
+    length: torch.Tensor,
+    norm_length: torch.Tensor,
+    neighbor_type: torch.Tensor,
+    centers: torch.Tensor,
+    exponents: torch.Tensor,
+) -> torch.Tensor:
+    """f_c(d / r_c) · exp(α_{Z_j,k} (d − μ_{Z_j,k})²): lengths d [num_edges] in Å, d / r_c
+    [num_edges], neighbour species [num_edges], μ and α [num_types, K] → [num_edges, K]."""
+    gaussians = torch.exp(
+        torch.index_select(exponents, 0, neighbor_type)
+        * (length.unsqueeze(1) - torch.index_select(centers, 0, neighbor_type)).square()
+    )
+    return squared_cosine_cutoff(norm_length).unsqueeze(1) * gaussians
+
+
+class SpeciesGaussianBasis(GraphModuleMixin, KernelStage):
     """Edge radial functions f_c(d) · exp(α_{Z_j,k} (d − μ_{Z_j,k})²), k = 1 … K.
 
     α (REANN ``inta``) and μ (REANN ``rs``) are learnable, one row per *neighbour* species Z_j.
     The cutoff uses the normalised length d / r_c written by nequip's ``EdgeLengthNormalizer``
-    (so per-edge-type cutoffs work); the Gaussians use the length d in Å.
+    (so per-edge-type cutoffs work); the Gaussians use the length d in Å. Kernel form:
+    ``reann::radial_functions``, one pass over the edges.
 
     Writes ``edge_embedding`` [num_edges, K] in the model dtype.
 
@@ -70,7 +85,6 @@ class SpeciesGaussianBasis(GraphModuleMixin, torch.nn.Module):
             )
         self.centers = torch.nn.Parameter(centers_t)  # [num_types, K], Å
         self.exponents = torch.nn.Parameter(exponents_t)  # [num_types, K], Å⁻²
-        self.gaussians = SpeciesGaussians()
         self._model_dtype = torch.get_default_dtype()
         self._init_irreps(
             irreps_in=irreps_in,
@@ -91,111 +105,18 @@ class SpeciesGaussianBasis(GraphModuleMixin, torch.nn.Module):
             )
         return tensor
 
-    def use_fused_kernels(self) -> None:
-        """Evaluate the radial functions with the C++ kernels (:class:`FusedSpeciesGaussians`,
-        first derivatives only: eval mode and deployed models; training mode keeps the torch
-        form); raises if their library is not built."""
-        load_kernels()
-        self.gaussians = FusedSpeciesGaussians()
-
     def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
-        length = data[AtomicDataDict.EDGE_LENGTH_KEY].view(-1, 1).to(self._model_dtype)
-        norm_length = data[AtomicDataDict.NORM_LENGTH_KEY].view(-1, 1).to(self._model_dtype)
+        length = data[AtomicDataDict.EDGE_LENGTH_KEY].view(-1).to(self._model_dtype)
+        norm_length = data[AtomicDataDict.NORM_LENGTH_KEY].view(-1).to(self._model_dtype)
         neighbor = data[AtomicDataDict.EDGE_INDEX_KEY][1]
         neighbor_type = torch.index_select(data[AtomicDataDict.ATOM_TYPE_KEY].view(-1), 0, neighbor)
-        if (
-            torch.jit.is_scripting()
-            or capturing_graph()
-            or not (self.training and torch.is_grad_enabled())
-        ):
-            radial = self.gaussians(
+        if self.runs_kernels(length):
+            radial = torch.ops.reann.radial_functions(
                 length, norm_length, neighbor_type, self.centers, self.exponents
             )
         else:
-            radial = self._recomputed_radial_functions(length, norm_length, neighbor_type)
-        data[AtomicDataDict.EDGE_EMBEDDING_KEY] = radial
-        return data
-
-    def radial_functions(
-        self, length: torch.Tensor, norm_length: torch.Tensor, neighbor_type: torch.Tensor
-    ) -> torch.Tensor:
-        """Lengths d [num_edges, 1] in Å, d / r_c [num_edges, 1], neighbour species
-        [num_edges] → [num_edges, K], by torch operations."""
-        return species_gaussians(
-            length, squared_cosine_cutoff(norm_length), neighbor_type, self.centers, self.exponents
-        )
-
-    @torch.jit.unused
-    def _recomputed_radial_functions(
-        self, length: torch.Tensor, norm_length: torch.Tensor, neighbor_type: torch.Tensor
-    ) -> torch.Tensor:
-        """:meth:`radial_functions` keeping only the lengths for the backward passes: force
-        training would otherwise keep about ten [num_edges, K] tensors to the end of the step."""
-        return recomputed(
-            self.radial_functions,
-            (length, norm_length),
-            (neighbor_type,),
-            (self.centers, self.exponents),
-        )
-
-
-def species_gaussians(
-    length: torch.Tensor,
-    cutoff: torch.Tensor,
-    neighbor_type: torch.Tensor,
-    centers: torch.Tensor,
-    exponents: torch.Tensor,
-) -> torch.Tensor:
-    """f_c · exp(α_{Z_j,k} (d − μ_{Z_j,k})²): lengths d [num_edges, 1] in Å, cutoff values f_c
-    [num_edges, 1], neighbour species [num_edges], μ and α [num_types, K] → [num_edges, K]."""
-    gaussians = torch.exp(
-        torch.index_select(exponents, 0, neighbor_type)
-        * (length - torch.index_select(centers, 0, neighbor_type)).square()
-    )
-    return cutoff * gaussians
-
-
-class SpeciesGaussians(torch.nn.Module):
-    """The radial functions as a module, so that deployment can swap in the kernel: lengths d
-    [num_edges, 1] in Å, d / r_c [num_edges, 1], neighbour species [num_edges], μ and α
-    [num_types, K] → [num_edges, K]."""
-
-    def forward(
-        self,
-        length: torch.Tensor,
-        norm_length: torch.Tensor,
-        neighbor_type: torch.Tensor,
-        centers: torch.Tensor,
-        exponents: torch.Tensor,
-    ) -> torch.Tensor:
-        return species_gaussians(
-            length, squared_cosine_cutoff(norm_length), neighbor_type, centers, exponents
-        )
-
-
-class FusedSpeciesGaussians(SpeciesGaussians):
-    """:class:`SpeciesGaussians` by the C++ kernel ``torch.ops.reann.radial_functions`` (CPU):
-    the cutoff and the Gaussians in one pass over the edges instead of a dozen [num_edges, K]
-    tensors, and one back. It has
-    first derivatives only (forces and virials in eval mode and in deployed models; force
-    training runs the torch form in training mode). Other devices and graph capture get the torch
-    form. The kernel library must be loaded (:func:`reann_nequip.nn.kernels.load_kernels`) before
-    scripting or calling it."""
-
-    def forward(
-        self,
-        length: torch.Tensor,
-        norm_length: torch.Tensor,
-        neighbor_type: torch.Tensor,
-        centers: torch.Tensor,
-        exponents: torch.Tensor,
-    ) -> torch.Tensor:
-        if length.device.type != "cpu" or capturing_graph():
-            return species_gaussians(
-                length, squared_cosine_cutoff(norm_length), neighbor_type, centers, exponents
+            radial = species_gaussians(
+                length, norm_length, neighbor_type, self.centers, self.exponents
             )
-        if not torch.jit.is_scripting():
-            load_kernels()
-        return torch.ops.reann.radial_functions(
-            length.view(-1), norm_length.view(-1), neighbor_type, centers, exponents
-        )
+        data[AtomicDataDict.EDGE_EMBEDDING_KEY] = radial  # [num_edges, K]
+        return data

@@ -15,14 +15,6 @@ from reann_nequip.data import (
     write_configuration,
 )
 
-from .utils import REPO_ROOT
-
-CO2_NI100 = REPO_ROOT.parent / "shared" / "data" / "co2_ni100_reann" / "val" / "configuration"
-needs_shared_data = pytest.mark.skipif(
-    not CO2_NI100.exists(), reason=f"shared data {CO2_NI100} not present (../shared/data)"
-)
-
-
 # === the shared CO2/Ni(100) file, checked against numbers read with sed ===
 
 # `sed -n '1,6p;44p;45p'`: frame 1 (lines 1-45); fractional coordinates times the cell
@@ -47,9 +39,8 @@ FRAME_991 = {
 }
 
 
-@needs_shared_data
-def test_co2_ni100_frames_match_values_read_by_hand():
-    frames = list(iter_configuration(CO2_NI100, coordinates="fractional"))
+def test_co2_ni100_frames_match_values_read_by_hand(co2_ni100):
+    frames = list(iter_configuration(co2_ni100, coordinates="fractional"))
     assert len(frames) == 991
     assert all(len(f.symbols) == 39 for f in frames)
     first, middle, last = frames[0], frames[499], frames[990]
@@ -71,12 +62,11 @@ def test_co2_ni100_frames_match_values_read_by_hand():
     assert last.properties.tolist() == [FRAME_991["energy"]]
 
 
-@needs_shared_data
-def test_dataset_selects_frames_as_a_reann_user_splits_them():
-    train = ReannConfigurationDataset(CO2_NI100, frames=":800", coordinates="fractional")
-    test = ReannConfigurationDataset(CO2_NI100, frames="800:", coordinates="fractional")
-    tail = ReannConfigurationDataset(CO2_NI100, frames="-191:", coordinates="fractional")
-    picked = ReannConfigurationDataset(CO2_NI100, frames=[990, 499, 0], coordinates="fractional")
+def test_dataset_selects_frames_as_a_reann_user_splits_them(co2_ni100):
+    train = ReannConfigurationDataset(co2_ni100, frames=":800", coordinates="fractional")
+    test = ReannConfigurationDataset(co2_ni100, frames="800:", coordinates="fractional")
+    tail = ReannConfigurationDataset(co2_ni100, frames="-191:", coordinates="fractional")
+    picked = ReannConfigurationDataset(co2_ni100, frames=[990, 499, 0], coordinates="fractional")
     assert (len(train), len(test), len(tail), len(picked)) == (800, 191, 191, 3)
 
     last = test[190]
@@ -92,13 +82,12 @@ def test_dataset_selects_frames_as_a_reann_user_splits_them():
     assert last[AtomicDataDict.ATOMIC_NUMBERS_KEY][:3].tolist() == [8, 8, 6]
 
 
-@needs_shared_data
-def test_fractional_file_read_as_cartesian_differs():
+def test_fractional_file_read_as_cartesian_differs(co2_ni100):
     """The `coordinates` argument is honoured (and required: the file cannot tell)."""
-    cartesian = next(iter_configuration(CO2_NI100, coordinates="cartesian"))
+    cartesian = next(iter_configuration(co2_ni100, coordinates="cartesian"))
     np.testing.assert_allclose(cartesian.positions[0], [0.11733169, 0.00248738, 0.48654427])
     with pytest.raises(ValueError, match="`coordinates` is required"):
-        ReannConfigurationDataset(CO2_NI100, frames=":1")
+        ReannConfigurationDataset(co2_ni100, frames=":1")
 
 
 # === round trips ===
@@ -246,8 +235,7 @@ def test_dataset_equals_parsed_frames_frame_by_frame(tmp_path, prop):
         dataset[9]
 
 
-@needs_shared_data
-def test_dataset_of_co2_ni100_equals_parsed_frames_and_stays_packed():
+def test_dataset_of_co2_ni100_equals_parsed_frames_and_stays_packed(co2_ni100):
     """All 991 frames as parsed; kept in a few arrays (about 2 kB per 39-atom frame), not as
     Python objects per frame; a frame changed in place leaves the dataset unchanged."""
     import gc
@@ -257,7 +245,7 @@ def test_dataset_of_co2_ni100_equals_parsed_frames_and_stays_packed():
     objects_before = len(gc.get_objects())
     tracemalloc.start()
     dataset = ReannConfigurationDataset(
-        CO2_NI100, frames=[5, *range(991)], coordinates="fractional"
+        co2_ni100, frames=[5, *range(991)], coordinates="fractional"
     )
     kept_bytes = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
@@ -266,7 +254,7 @@ def test_dataset_of_co2_ni100_equals_parsed_frames_and_stays_packed():
     # positions and forces alone are 39 * 6 * 8 = 1872 bytes per frame
     assert kept_bytes / len(dataset) < 2500
 
-    parsed = [_nequip_data(f) for f in iter_configuration(CO2_NI100, coordinates="fractional")]
+    parsed = [_nequip_data(f) for f in iter_configuration(co2_ni100, coordinates="fractional")]
     assert len(dataset) == 992
     _assert_same_data(dataset[0], parsed[5], "frame 5 first: ")
     for index, expected in enumerate(parsed):

@@ -11,16 +11,13 @@ from ase import Atoms
 from ase.io import read
 from nequip.data import AtomicDataDict
 from nequip.utils.global_state import set_global_state
-from torch.fx.experimental.proxy_tensor import make_fx
 
 from reann_nequip.deploy import DeployedEnergyModel, deploy, read_metadata, save_deployed
 from reann_nequip.deploy.kernels import load_deployed_file
 from reann_nequip.integrations.ase import ReannCalculator
-from reann_nequip.model import ReannModel
-from reann_nequip.nn import OrbitalGram
-from reann_nequip.nn.radial_basis import SpeciesGaussians
+from reann_nequip.nn import KernelStage
 
-from .utils import REPO_ROOT, model_input, randomize_parameters, with_unknown_kernel
+from ..utils import REPO_ROOT, model_input, tiny_model, with_unknown_kernel
 
 TYPE_NAMES = ["O", "H"]
 R_MAX = 3.5
@@ -32,20 +29,13 @@ def global_state():
     set_global_state()
 
 
-def water_model(model_dtype="float64", num_recursions=2, density_kernel="auto"):
-    return randomize_parameters(
-        ReannModel(
-            seed=4,
-            model_dtype=model_dtype,
-            density_kernel=density_kernel,
-            type_names=TYPE_NAMES,
-            r_max=R_MAX,
-            num_gaussians=4,
-            num_recursions=num_recursions,
-            energy_network={"hidden": [8]},
-            coefficient_network={"hidden": [8]},
-        ),
-        seed=1,
+def water_model(model_dtype="float64", num_recursions=2, cpu_kernels=True):
+    return tiny_model(
+        type_names=TYPE_NAMES,
+        r_max=R_MAX,
+        num_recursions=num_recursions,
+        model_dtype=model_dtype,
+        cpu_kernels=cpu_kernels,
     )
 
 
@@ -67,17 +57,17 @@ def deployed_inputs(data):
 
 @pytest.mark.parametrize("model_dtype, tol", [("float64", 1e-12), ("float32", 1e-5)])
 def test_deployed_file_equals_model_energies_forces_virial(tmp_path, model_dtype, tol):
-    model = water_model(model_dtype, density_kernel="torch")
+    model = water_model(model_dtype, cpu_kernels=False)
     path = str(tmp_path / "model.pth")
     metadata = save_deployed(model, path)
     assert metadata["num_recursions"] == "2" and metadata["interaction_range"] == repr(3 * R_MAX)
     deployed = load_deployed_file(path)
-    # the deployed file runs the C++ kernels, also for a model trained with torch operations,
+    # the deployed file runs the C++ kernels, also for a model built with its torch form,
     # which is left as it is; frozen, its graph holds them inline
     graph = str(deployed.inlined_graph)
-    assert "reann::orbital_gram" in graph and "reann::radial_functions" in graph
-    assert type(model.model.func.density.orbital_gram) is OrbitalGram
-    assert type(model.model.func.radial_basis.gaussians) is SpeciesGaussians
+    for op in ("orbital_gram", "radial_functions", "element_networks"):
+        assert f"reann::{op}" in graph, op
+    assert not any(stage.kernels for stage in model.modules() if isinstance(stage, KernelStage))
     data = model_input(triclinic_frame(), TYPE_NAMES, R_MAX)
     reference = model(dict(data))
     # the third call runs the graph the TorchScript executor optimised after profiling two
@@ -106,48 +96,6 @@ def test_deployed_file_equals_model_energies_forces_virial(tmp_path, model_dtype
         reference[AtomicDataDict.VIRIAL_KEY].view(3, 3).detach().numpy(),
         atol=tol * 10,
     )
-
-
-@pytest.mark.parametrize("shared_mixing,num_recursions", [(True, 2), (False, 2), (False, 0)])
-def test_folding_the_pair_mixing_keeps_energies_and_forces(shared_mixing, num_recursions):
-    """fold_pair_mixing and fold_final_mixing (deployed files) move each step's Q W into its
-    update networks and the final density's into the energy readout: the same energies and
-    forces, with one mixing for all steps or one per step, and for EANN (no recursion)."""
-    set_global_state()
-    model = randomize_parameters(
-        ReannModel(
-            seed=4,
-            model_dtype="float64",
-            type_names=TYPE_NAMES,
-            r_max=R_MAX,
-            num_gaussians=4,
-            num_orbitals=12,
-            num_recursions=num_recursions,
-            shared_mixing=shared_mixing,
-            energy_network={"hidden": [8]},
-            coefficient_network={"hidden": [8]},
-        ),
-        seed=2,
-    ).eval()
-    data = model_input(triclinic_frame(), TYPE_NAMES, R_MAX)
-    expected = model(dict(data))
-    density = model.model.func.density
-    readout = model.model.func.atomic_energy
-    for _ in range(2):  # a second time: no change
-        density.fold_pair_mixing()
-        density.fold_final_mixing(readout, model)
-    assert all(type(u).__name__ == "FoldedCoefficientUpdate" for u in density.updates)
-    # the readout reads the Gram matrices G: (L_max + 1) K (K + 1) / 2 = 30 columns, not M = 12
-    assert density.writes_gram and readout.network.input_linear.weight.shape[1] == 30
-    folded = model(dict(data))
-    for key in ("atomic_energy", "forces"):
-        torch.testing.assert_close(folded[key], expected[key], rtol=1e-10, atol=1e-12)
-    # the captured (edge) form would give the folded readout ρ where it reads G
-    keys = sorted(key for key, value in data.items() if torch.is_tensor(value))
-    with pytest.raises(RuntimeError, match="cannot be captured"):
-        make_fx(lambda *tensors: model(dict(zip(keys, tensors)))[AtomicDataDict.TOTAL_ENERGY_KEY])(
-            *[data[key] for key in keys]
-        )
 
 
 def test_ghost_shell_form_equals_periodic_images():
@@ -230,29 +178,6 @@ def test_ase_calculator_rejects_bad_input(tmp_path):
         calc.get_potential_energy(atoms)
 
 
-CALCULATOR_MEMORY_SCRIPT = """
-import sys
-import numpy as np
-import torch
-from ase.io import read
-from reann_nequip.integrations.ase import ReannCalculator
-
-frame = read(sys.argv[2])
-results = {}
-for memory in ("release", "keep"):  # `keep` installs the block cache for the rest of the process
-    calc = ReannCalculator(sys.argv[1], memory=memory)
-    results[memory] = []
-    for seed in range(3):
-        atoms = frame.copy()
-        atoms.rattle(0.02, seed=seed)
-        atoms.calc = calc
-        results[memory].append((atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()))
-assert torch.ops.reann.block_cache_bytes() > 0, "the cache kept no block"
-for (e0, f0, s0), (e1, f1, s1) in zip(results["release"], results["keep"]):
-    assert e0 == e1 and np.array_equal(f0, f1) and np.array_equal(s0, s1), (e0, e1)
-"""
-
-
 def test_ase_calculator_block_cache_gives_the_same_results(tmp_path):
     """memory="keep" changes torch's allocator process-wide and for good: its own process."""
     path = str(tmp_path / "model.pth")
@@ -260,7 +185,12 @@ def test_ase_calculator_block_cache_gives_the_same_results(tmp_path):
     # 3,072 atoms: some of the model's tensors are blocks of 1 MiB and more, which the cache keeps
     triclinic_frame().repeat((8, 8, 8)).write(tmp_path / "frame.extxyz")
     result = subprocess.run(
-        [sys.executable, "-c", CALCULATOR_MEMORY_SCRIPT, path, str(tmp_path / "frame.extxyz")],
+        [
+            sys.executable,
+            str(REPO_ROOT / "tests" / "scripts" / "calculator_memory.py"),
+            path,
+            str(tmp_path / "frame.extxyz"),
+        ],
         capture_output=True,
         text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -329,6 +259,15 @@ def test_nequip_deploy_from_checkpoint_and_package(ch4_checkpoint, tmp_path):
     package = tmp_path / "ch4.nequip.zip"
     result = _nequip_tool("nequip-package", "build", checkpoint, str(package))
     assert result.returncode == 0, result.stderr[-3000:]
+    # the package keeps the portable torch form; nequip's modifier switches its kernels on
+    from nequip.model import modify
+
+    packaged = load_saved_model(str(package))
+    assert not any(m.kernels for m in packaged.modules() if isinstance(m, KernelStage))
+    packaged = modify(packaged, [{"modifier": "enable_ReannKernels"}])
+    assert all(m.kernels for m in packaged.modules() if isinstance(m, KernelStage))
+    energy = packaged(model_input(frames[0], ["C", "H"], 4.0))[AtomicDataDict.TOTAL_ENERGY_KEY]
+    np.testing.assert_allclose(energy.item(), expected[0], rtol=1e-10)
     from_package = tmp_path / "ch4_package.pth"
     result = _nequip_tool("nequip-deploy", "build", str(package), str(from_package))
     assert result.returncode == 0, result.stderr[-3000:]

@@ -6,9 +6,7 @@ import torch
 from nequip.data import AtomicDataDict, compute_neighborlist_, from_dict
 from nequip.utils.global_state import set_global_state
 
-from reann_nequip.model import ReannModel
-
-from .utils import randomize_parameters
+from ..utils import tiny_model
 
 R_MAX = 3.0
 SPACING = 0.55 * R_MAX  # consecutive chain atoms are neighbours, next-nearest are not
@@ -30,21 +28,17 @@ def atom_zero_energy(model, positions):
 
 @pytest.mark.parametrize("num_recursions", [0, 1, 3])
 def test_energy_of_atom_zero_depends_on_atoms_within_receptive_field_only(num_recursions):
-    model = ReannModel(
-        seed=2,
-        model_dtype="float64",
+    model = tiny_model(
         type_names=["A", "B"],
         r_max=R_MAX,
-        num_gaussians=4,
-        num_orbitals=6,
         num_recursions=num_recursions,
-        energy_network={"hidden": [8]},
-        coefficient_network={"hidden": [8]},
+        seed=2,
+        perturbation_seed=4,
+        num_orbitals=6,
         gaussian_centers=[0.5, 1.2, 2.0, 2.7],
         gaussian_exponents=[-1.0] * 4,
         avg_num_neighbors=0.5,
     )
-    randomize_parameters(model, seed=4)
     with torch.no_grad():
         # strong coefficient updates, so the signal survives T + 1 hops well above round-off
         for update in model.model.func.density.updates:

@@ -8,11 +8,7 @@ from nequip.data import AtomicDataDict
 from nequip.utils.global_state import set_global_state
 from omegaconf import OmegaConf
 
-from .test_schedule import _error_log_runs
-from .utils import REPO_ROOT, run_nequip_train
-
-DATA = REPO_ROOT / ".." / "shared" / "data" / "co2_ni100_reann" / "val" / "configuration"
-needs_data = pytest.mark.skipif(not DATA.is_file(), reason=f"shared data not found at {DATA}")
+from ..utils import REPO_ROOT, error_log_runs, run_nequip_train
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +40,12 @@ def test_config_has_reanns_example_hyperparameters(config):
     assert "lr_scheduler" not in config.training_module  # the schedule callback owns it
 
 
-@needs_data
-def test_config_trains_on_first_800_frames_and_tests_on_last_191(config):
+def test_config_trains_on_first_800_frames_and_tests_on_last_191(config, co2_ni100):
     sizes = {split: len(_dataset(config, split)) for split in ("train", "val", "test")}
     assert sizes == {"train": 720, "val": 80, "test": 191}
 
 
-@needs_data
-def test_config_builds_a_model_that_evaluates_a_co2_ni100_frame(config):
+def test_config_builds_a_model_that_evaluates_a_co2_ni100_frame(config, co2_ni100):
     set_global_state()
     config = config.copy()
     # stands in for the training-set statistic
@@ -69,9 +63,8 @@ def test_config_builds_a_model_that_evaluates_a_co2_ni100_frame(config):
     )
 
 
-@needs_data
 @pytest.mark.slow
-def test_config_trains_two_epochs_on_a_few_frames(tmp_path):
+def test_config_trains_two_epochs_on_a_few_frames(tmp_path, co2_ni100):
     run_nequip_train(
         "configs/reann_co2_ni100.yaml",
         f"hydra.run.dir={tmp_path}",
@@ -81,6 +74,6 @@ def test_config_trains_two_epochs_on_a_few_frames(tmp_path):
         'data.test_dataset.frames="800:816"',
         "data.train_dataloader.batch_size=12",
     )
-    (run,) = _error_log_runs(tmp_path / "nn.err")
+    (run,) = error_log_runs(tmp_path / "nn.err")
     assert run["terminated"] and [epoch for epoch, *_ in run["epochs"]] == [0, 1]
     assert (tmp_path / "best.ckpt").is_file()

@@ -2,8 +2,6 @@
 every config uses the same backend, and the ASE calculator's ``reann::neighbor_list`` finds
 exactly ASE's edges, periodic images included, and refuses bad input."""
 
-import pathlib
-
 import ase
 import ase.io
 import numpy as np
@@ -17,10 +15,10 @@ from nequip.data.transforms import NeighborListTransform
 from reann_nequip.data import iter_configuration
 from reann_nequip.nn.kernels import library_path
 
-from .utils import REPO_ROOT
+from ..utils import REPO_ROOT, SHARED_DATA
 
 CH4 = REPO_ROOT / "examples" / "ch4" / "ch4_b3lyp_augccpvdz.xyz"
-CO2_NI100 = REPO_ROOT.parent / "shared" / "data" / "co2_ni100_reann" / "val" / "configuration"
+CO2_NI100 = SHARED_DATA / "co2_ni100_reann" / "val" / "configuration"
 CONFIG_BACKEND = "vesin"
 
 

@@ -11,7 +11,7 @@ from nequip.utils.global_state import set_global_state
 
 from reann_nequip.nn import with_edge_vectors
 
-from .utils import model_input
+from ..utils import model_input
 
 
 @pytest.fixture(scope="module", autouse=True)

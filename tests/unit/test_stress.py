@@ -6,9 +6,7 @@ from ase import Atoms
 from nequip.data import AtomicDataDict
 from nequip.utils.global_state import set_global_state
 
-from reann_nequip.model import ReannModel
-
-from .utils import model_input, randomize_parameters
+from ..utils import model_input, tiny_model
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -30,18 +28,9 @@ def test_stress_equals_strain_derivative_of_energy(num_recursions):
     cell = np.array([[4.6, 0.0, 0.0], [0.9, 4.3, 0.0], [-0.7, 0.5, 4.9]])
     positions = rng.uniform(0.0, 1.0, (6, 3)) @ cell
     atoms = Atoms("OH2OH2", positions=positions, cell=cell, pbc=True)
-    model = ReannModel(
-        seed=4,
-        model_dtype="float64",
-        type_names=TYPE_NAMES,
-        r_max=R_MAX,
-        num_gaussians=4,
-        num_recursions=num_recursions,
-        energy_network={"hidden": [8]},
-        coefficient_network={"hidden": [8]},
-        avg_num_neighbors=4.0,
+    model = tiny_model(
+        type_names=TYPE_NAMES, r_max=R_MAX, num_recursions=num_recursions, avg_num_neighbors=4.0
     )
-    randomize_parameters(model, seed=1)
 
     stress = energy(model, atoms)[AtomicDataDict.STRESS_KEY].detach().numpy().reshape(3, 3)
     volume = atoms.get_volume()

@@ -19,14 +19,12 @@ from nequip.utils.global_state import set_global_state
 from reann_nequip.deploy import save_deployed
 from reann_nequip.integrations.ase import ReannCalculator
 from reann_nequip.integrations.lammps import PLUGIN_FILE, plugin_directory
-from reann_nequip.model import ReannModel
 
-from .utils import REPO_ROOT, randomize_parameters, with_unknown_kernel
+from ..utils import shared_data, tiny_model, with_unknown_kernel
 
 BIN = pathlib.Path(sys.executable).parent
 LMP = BIN / "lmp"
 MPIRUN = BIN / "mpirun"
-WATER = REPO_ROOT.parent / "shared" / "data" / "water_deepmd" / "data" / "data_0" / "set.000"
 # LAMMPS metal units: pressure (bar) × volume (Å³) / NKTV2P = virial (eV)
 NKTV2P = 1.6021765e6
 
@@ -45,19 +43,17 @@ def deployed_model(tmp_path, type_names, num_recursions, r_max=3.5, model_dtype=
     """A deployed model with perturbed weights; the float32 one has the float64 one's weights."""
 
     def build(dtype):
-        return ReannModel(
-            seed=7,
-            model_dtype=dtype,
+        return tiny_model(
             type_names=type_names,
             r_max=r_max,
-            num_gaussians=4,
             num_recursions=num_recursions,
-            energy_network={"hidden": [8]},
-            coefficient_network={"hidden": [8]},
+            model_dtype=dtype,
+            seed=7,
+            perturbation_seed=2,
             per_type_energy_shifts={name: -float(i + 1) for i, name in enumerate(type_names)},
         )
 
-    model = randomize_parameters(build("float64"), seed=2)
+    model = build("float64")
     if model_dtype != "float64":
         weights = model.state_dict()
         model = build(model_dtype)
@@ -86,10 +82,9 @@ def triclinic_water():
 
 
 def water_box():
-    if not WATER.is_dir():
-        pytest.skip(f"no shared water data at {WATER} (clone next to ../shared)")
-    positions = np.load(WATER / "coord.npy")[0].reshape(-1, 3).astype(np.float64)
-    cell = np.load(WATER / "box.npy")[0].reshape(3, 3).astype(np.float64)
+    water = shared_data("water_deepmd", "data", "data_0", "set.000")
+    positions = np.load(water / "coord.npy")[0].reshape(-1, 3).astype(np.float64)
+    cell = np.load(water / "box.npy")[0].reshape(3, 3).astype(np.float64)
     atoms = Atoms("O64H128", positions=positions, cell=cell, pbc=True)
     atoms.wrap()
     return atoms

@@ -12,8 +12,8 @@ from nequip.utils.global_state import set_global_state
 from reann_nequip.cli import main as cli_main
 from reann_nequip.data import write_configuration
 
+from ..utils import REPO_ROOT, model_input
 from .test_reann_import import ATOMTYPE, CUTOFF, reann_state_dict, write_para
-from .utils import REPO_ROOT, model_input
 
 CH4 = REPO_ROOT / "examples" / "ch4" / "ch4_b3lyp_augccpvdz.xyz"
 

@@ -18,10 +18,7 @@ from reann_nequip.data import write_configuration
 from reann_nequip.data.configuration import iter_configuration, write_frames
 from reann_nequip.integrations.reann_params import ReannParameterError, read_reann_parameters
 
-from .test_schedule import _checkpoint, _error_log_runs, _schedule_state
-from .utils import REPO_ROOT, run_nequip_train
-
-CO2_NI100 = REPO_ROOT / ".." / "shared" / "data" / "co2_ni100_reann" / "val" / "configuration"
+from ..utils import checkpoint_of, error_log_runs, run_nequip_train, schedule_state
 
 # REANN's example for CO2 on Ni(100), written as a REANN user would
 INPUT_NN = """\
@@ -225,14 +222,13 @@ def test_energy_only_fit_gets_the_schedule_without_force_weights(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not CO2_NI100.is_file(), reason=f"shared data not found at {CO2_NI100}")
-def test_converted_config_trains_with_reanns_schedule(tmp_path):
+def test_converted_config_trains_with_reanns_schedule(tmp_path, co2_ni100):
     """REANN's CO2/Ni(100) para files → config → two epochs of nequip-train on 6 frames."""
     para = write_reann_run(tmp_path / "run")
     data = tmp_path / "data"
     (data / "train").mkdir(parents=True)
     (data / "val").mkdir()
-    frames = iter_configuration(CO2_NI100, "fractional")
+    frames = iter_configuration(co2_ni100, "fractional")
     write_frames(data / "train" / "configuration", [next(frames) for _ in range(4)], "fractional")
     write_frames(data / "val" / "configuration", [next(frames) for _ in range(2)], "fractional")
     config = tmp_path / "co2.yaml"
@@ -252,13 +248,13 @@ def test_converted_config_trains_with_reanns_schedule(tmp_path):
         "training_module.model.energy_network.hidden=[16,16]",
         "training_module.model.coefficient_network.hidden=[16,16]",
     )
-    (run,) = _error_log_runs(run_dir / "nn.err")
+    (run,) = error_log_runs(run_dir / "nn.err")
     assert run["terminated"] and [epoch for epoch, *_ in run["epochs"]] == [0, 1]
     for _, lr, train, val in run["epochs"]:
         assert lr == pytest.approx(1e-3)  # start_lr, no decay within patience
         assert len(train) == len(val) == 2  # total energy and forces
         assert all(np.isfinite(train + val))
-    state = _schedule_state(_checkpoint(run_dir / "last.ckpt"))
+    state = schedule_state(checkpoint_of(run_dir / "last.ckpt"))
     assert state["start_lr"] == pytest.approx(1e-3) and np.isfinite(state["best_loss"])
     assert state["plateau"]["patience"] == 200
 

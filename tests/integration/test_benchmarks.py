@@ -10,14 +10,9 @@ import sys
 
 import pytest
 
-from .utils import REPO_ROOT
+from ..utils import REPO_ROOT
 
-WATER = REPO_ROOT.parent / "shared" / "data" / "water_deepmd"
 BIN = pathlib.Path(sys.executable).parent
-
-pytestmark = pytest.mark.skipif(
-    not WATER.exists(), reason=f"the shared water data ({WATER}) is not in this clone"
-)
 
 
 def run_benchmark(script: str, *args: str) -> str:
@@ -36,10 +31,10 @@ def run_benchmark(script: str, *args: str) -> str:
     return result.stdout
 
 
-def test_bench_model_times_the_deployed_file():
+def test_bench_model_times_the_deployed_file(water_deepmd):
     output = run_benchmark(
         "bench_model.py",
-        "--water", str(WATER),
+        "--water", str(water_deepmd),
         "--sizes", "192",
         "--dtypes", "float32", "float64",
         "--no-training",
@@ -52,12 +47,12 @@ def test_bench_model_times_the_deployed_file():
 
 
 @pytest.mark.slow
-def test_bench_md_runs_pair_style_reann():
+def test_bench_md_runs_pair_style_reann(water_deepmd):
     """Two rounds of both dtypes: each row gives its best and both runs, and float64 / float32
     is given round by round."""
     output = run_benchmark(
         "bench_md.py",
-        "--data", str(WATER),
+        "--data", str(water_deepmd),
         "--sizes", "192",
         "--ranks", "1",
         "--steps", "5",
@@ -79,12 +74,12 @@ def test_bench_md_runs_pair_style_reann():
 
 
 @pytest.mark.slow
-def test_bench_water_rounds_give_the_ratio_round_by_round():
+def test_bench_water_rounds_give_the_ratio_round_by_round(water_deepmd):
     """The eager path only (no ``nequip-compile``), two rounds of both models: the last table
     gives both models' µs/atom and NequIP/REANN in each round, and their median."""
     output = run_benchmark(
         "bench_water.py",
-        "--data", str(WATER),
+        "--data", str(water_deepmd),
         "--paths", "eager",
         "--num-frames", "2",
         "--batch-size", "2",

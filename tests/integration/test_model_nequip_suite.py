@@ -5,7 +5,7 @@ import torch
 from nequip.utils.unittests.model_tests import BaseEnergyModelTests
 from nequip.utils.unittests.model_tests_basic import BasicModelTestsMixin, EnergyModelTestsMixin
 
-from .utils import randomize_parameters
+from ..utils import randomize_parameters
 
 BASE_CONFIG = {
     "_target_": "reann_nequip.model.ReannModel",

@@ -13,8 +13,7 @@ import csv
 import pytest
 import torch
 
-from .test_schedule import _checkpoint, _error_log_runs, _schedule_state
-from .utils import run_nequip_train
+from ..utils import checkpoint_of, error_log_runs, run_nequip_train, schedule_state
 
 # a deadlocked rank fails the test after this many seconds instead of hanging CI
 TIMEOUT = 300.0
@@ -99,8 +98,8 @@ def test_reann_schedule_rolls_back_and_logs_once_on_two_ranks(tmp_path):
     )
     _processes(tmp_path / "two", 2, *SCHEDULE_TINY, *poisoned, "data.train_dataloader.batch_size=5")
 
-    (one,) = _error_log_runs(tmp_path / "one" / "nn.err")
-    (two,) = _error_log_runs(tmp_path / "two" / "nn.err")  # one header: rank 1 wrote nothing
+    (one,) = error_log_runs(tmp_path / "one" / "nn.err")
+    (two,) = error_log_runs(tmp_path / "two" / "nn.err")  # one header: rank 1 wrote nothing
     assert two["terminated"] and [epoch for epoch, *_ in two["epochs"]] == [0, 1, 2, 3]
     learning_rates = [lr for _, lr, _, _ in two["epochs"]]
     assert learning_rates == pytest.approx([1.0e-3, 1.0e-3, 1.0e-3, 5.0e-4])
@@ -118,8 +117,8 @@ def test_reann_schedule_rolls_back_and_logs_once_on_two_ranks(tmp_path):
     # output bias, which cancels in E_i = NN(ρ_i) − NN(0): its gradient is round-off only, different
     # on one and two ranks, and Adam's steps on it drift apart by ~1e-11 without changing any
     # prediction. Hence atol 1e-9
-    final = {name: _checkpoint(tmp_path / name / "last.ckpt") for name in ("one", "two")}
-    schedules = {name: _schedule_state(checkpoint) for name, checkpoint in final.items()}
+    final = {name: checkpoint_of(tmp_path / name / "last.ckpt") for name in ("one", "two")}
+    schedules = {name: schedule_state(checkpoint) for name, checkpoint in final.items()}
     assert schedules["two"]["num_rollbacks"] == schedules["one"]["num_rollbacks"] == 1
     assert schedules["two"]["best_loss"] == pytest.approx(schedules["one"]["best_loss"], rel=1e-9)
     differing = [

@@ -25,8 +25,8 @@ from reann_nequip.cli import main as cli_main
 from reann_nequip.integrations.ase import ReannCalculator
 from reann_nequip.integrations.reann_checkpoint import ReannStateDictError, import_reann
 
-from .test_reference_formula import random_atoms, reference_pairs
-from .utils import model_input
+from ..reference import random_atoms, reference_pairs
+from ..utils import model_input
 
 ATOMTYPE = ["H", "C", "O"]
 CUTOFF = 3.5

@@ -14,7 +14,13 @@ from nequip.train import EnergyForceLoss
 
 from reann_nequip.train import ReannTrainingSchedule, reann_force_coeff
 
-from .utils import run_nequip_train, start_nequip_train
+from ..utils import (
+    checkpoint_of,
+    error_log_runs,
+    run_nequip_train,
+    schedule_state,
+    start_nequip_train,
+)
 
 CONFIG = ["-cd", "tests/configs", "-cn", "reann_schedule_tiny"]
 START_LR = 1.0e-3  # the config's optimizer lr
@@ -174,40 +180,6 @@ def test_configured_lr_scheduler_or_missing_loss_entry_is_an_error():
 
 
 # === nequip-train runs ===
-def _error_log_runs(path):
-    """nn.err as one list per run of (epoch, lr, train RMSEs, val RMSEs) and whether each run
-    ended normally."""
-    runs = []
-    for line in path.read_text().splitlines():
-        if line.startswith("REANN-style error log"):
-            runs.append({"epochs": [], "terminated": False})
-        elif line.startswith("Epoch="):
-            match = re.fullmatch(
-                r"Epoch=\s*(\d+) learning rate (\S+) train error:(.*) val error:(.*)", line
-            )
-            assert match, line
-            runs[-1]["epochs"].append(
-                (
-                    int(match[1]),
-                    float(match[2]),
-                    [float(v) for v in match[3].split()],
-                    [float(v) for v in match[4].split()],
-                )
-            )
-        elif line.endswith("terminated normal"):
-            runs[-1]["terminated"] = True
-    return runs
-
-
-def _checkpoint(path):
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def _schedule_state(checkpoint):
-    (state,) = [v for k, v in checkpoint["callbacks"].items() if "ReannTrainingSchedule" in k]
-    return state
-
-
 def _ema_weights(checkpoint):
     state = checkpoint["state_dict"]
     return [
@@ -245,7 +217,7 @@ def test_nan_in_the_weights_rolls_back_to_the_best_weights_and_halves_lr(tmp_pat
         f"{POISON}.batch=2",
         python_path=True,
     )
-    (run,) = _error_log_runs(tmp_path / "nn.err")
+    (run,) = error_log_runs(tmp_path / "nn.err")
     assert run["terminated"]
     epochs = {epoch: (lr, train, val) for epoch, lr, train, val in run["epochs"]}
     assert sorted(epochs) == list(range(6))
@@ -258,13 +230,13 @@ def test_nan_in_the_weights_rolls_back_to_the_best_weights_and_halves_lr(tmp_pat
     # recovered: the validation errors are those of the best weights, not worse
     assert epochs[4][2][1] <= epochs[poisoned_epoch - 1][2][1] * 1.1
 
-    before = _checkpoint(tmp_path / f"epoch={poisoned_epoch - 1}.ckpt")
-    after = _checkpoint(tmp_path / f"epoch={poisoned_epoch}.ckpt")
-    assert _schedule_state(before)["num_rollbacks"] == 0
-    assert _schedule_state(after)["num_rollbacks"] == 1
-    best = _schedule_state(before)["best_weights"]
+    before = checkpoint_of(tmp_path / f"epoch={poisoned_epoch - 1}.ckpt")
+    after = checkpoint_of(tmp_path / f"epoch={poisoned_epoch}.ckpt")
+    assert schedule_state(before)["num_rollbacks"] == 0
+    assert schedule_state(after)["num_rollbacks"] == 1
+    best = schedule_state(before)["best_weights"]
     # the best weights are those validated (the EMA weights) at the best epoch before the NaN
-    for kept, previous in zip(_schedule_state(after)["best_weights"], best):
+    for kept, previous in zip(schedule_state(after)["best_weights"], best):
         torch.testing.assert_close(kept, previous, rtol=0, atol=0)
     # both the EMA and the raw weights were reset to them
     for ema_weight, best_weight in zip(_ema_weights(after), best, strict=True):
@@ -310,10 +282,10 @@ def test_sigkilled_training_resumes_from_last_checkpoint_with_its_schedule(tmp_p
     finally:
         if first.poll() is None:
             first.kill()
-    killed_at = _checkpoint(tmp_path / "last.ckpt")
+    killed_at = checkpoint_of(tmp_path / "last.ckpt")
     resumed_from = killed_at["epoch"]
     assert resumed_from == 2
-    assert _schedule_state(killed_at)["start_lr"] == pytest.approx(START_LR)
+    assert schedule_state(killed_at)["start_lr"] == pytest.approx(START_LR)
 
     run_nequip_train(
         *CONFIG,
@@ -322,7 +294,7 @@ def test_sigkilled_training_resumes_from_last_checkpoint_with_its_schedule(tmp_p
         f"++ckpt_path={tmp_path / 'last.ckpt'}",
         python_path=True,
     )
-    first_run, second_run = _error_log_runs(tmp_path / "nn.err")
+    first_run, second_run = error_log_runs(tmp_path / "nn.err")
     assert not first_run["terminated"] and second_run["terminated"]
     resumed_epochs = [epoch for epoch, *_ in second_run["epochs"]]
     assert resumed_epochs[0] == resumed_from + 1, (resumed_from, resumed_epochs)
@@ -331,10 +303,10 @@ def test_sigkilled_training_resumes_from_last_checkpoint_with_its_schedule(tmp_p
     # one learning-rate sequence across the kill, ending when it reaches end_lr
     for epoch, lr, _, _ in first_run["epochs"] + second_run["epochs"]:
         assert lr == pytest.approx(START_LR * 0.5 ** max(epoch - 1, 0), rel=1e-9), epoch
-    final = _checkpoint(tmp_path / "last.ckpt")
+    final = checkpoint_of(tmp_path / "last.ckpt")
     assert final["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(1.0e-5)
     assert resumed_epochs[-1] == 7  # 1e-3 · 0.5^7 < 1e-5 · 2: clipped to end_lr after epoch 7
-    state = _schedule_state(final)
+    state = schedule_state(final)
     # the start learning rate came from the checkpoint, not from the (reduced) restored optimizer
     assert state["start_lr"] == pytest.approx(START_LR)
-    assert state["best_loss"] <= _schedule_state(killed_at)["best_loss"]
+    assert state["best_loss"] <= schedule_state(killed_at)["best_loss"]

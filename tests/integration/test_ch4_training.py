@@ -6,7 +6,7 @@ import pytest
 
 from reann_nequip import _cli_compat
 
-from .utils import REPO_ROOT, run_nequip_train
+from ..utils import REPO_ROOT, run_nequip_train
 
 CONFIG = REPO_ROOT / "configs" / "reann_ch4.yaml"
 

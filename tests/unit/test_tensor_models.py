@@ -1,10 +1,6 @@
 """Dipole, transition-dipole and polarizability models: symmetry, periodicity, extensivity,
-REANN's polarizability formula, derivatives, TorchScript, metrics and a short CH4 fit."""
-
-import pathlib
-import re
-import subprocess
-import sys
+REANN's polarizability formula, derivatives, TorchScript and metrics (their training:
+tests/integration/test_tensor_training.py)."""
 
 import numpy as np
 import pytest
@@ -13,7 +9,6 @@ from ase import Atoms
 from ase.build import molecule
 from ase.io import read
 from nequip.data import AtomicDataDict, from_ase
-from nequip.model.saved_models import load_saved_model
 from nequip.utils.global_state import set_global_state
 
 from reann_nequip._keys import (
@@ -32,7 +27,7 @@ from reann_nequip.model import (
 )
 from reann_nequip.train import CartesianComponent, TensorPropertyMetrics
 
-from .utils import REPO_ROOT, model_input, randomize_parameters, run_nequip_train
+from ..utils import REPO_ROOT, model_input, run_in_fresh_interpreter, tiny_model
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -54,18 +49,13 @@ BUILDERS = {
 
 
 def build(field: str, num_recursions: int = 1):
-    model = BUILDERS[field](
-        seed=4,
-        model_dtype="float64",
+    model = tiny_model(
+        BUILDERS[field],
         type_names=TYPE_NAMES,
         r_max=R_MAX,
-        num_gaussians=4,
         num_recursions=num_recursions,
-        output_network={"hidden": [8]},
-        coefficient_network={"hidden": [8]},
         avg_num_neighbors=4.0,
     )
-    randomize_parameters(model, seed=1)
     # the heads' output layers start at zero, so perturbed ones are ~0.05: scale them up to
     # make the tensors O(1) and the 1e-10 comparisons sharp
     with torch.no_grad():
@@ -333,16 +323,7 @@ def check_torchscript_matches_eager() -> None:
 
 
 def test_torchscript_model_matches_eager():
-    # in a fresh interpreter: importing torch_geometric (tests/test_pyg.py) replaces
-    # torch.index_select with a Python function that TorchScript cannot compile
-    code = (
-        "from nequip.utils.global_state import set_global_state; set_global_state(); "
-        "from tests.test_tensor_models import check_torchscript_matches_eager as check; check()"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_in_fresh_interpreter("tests.unit.test_tensor_models:check_torchscript_matches_eager")
 
 
 def check_deployed_tensor_models_match_eager(workdir: str) -> None:
@@ -380,16 +361,9 @@ def check_deployed_tensor_models_match_eager(workdir: str) -> None:
 
 
 def test_deployed_tensor_models_give_the_models_tensors_in_ase(tmp_path):
-    # in a fresh interpreter, for the reason given above
-    code = (
-        "from nequip.utils.global_state import set_global_state; set_global_state(); "
-        "from tests.test_tensor_models import check_deployed_tensor_models_match_eager as check; "
-        f"check({str(tmp_path)!r})"
+    run_in_fresh_interpreter(
+        "tests.unit.test_tensor_models:check_deployed_tensor_models_match_eager", str(tmp_path)
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
 
 
 def test_extxyz_dipole_and_polarizability_read_through_key_mapping():
@@ -451,48 +425,3 @@ def test_unknown_model_argument_is_named():
 
 
 # === training on CH4 ===
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "config, field",
-    [("reann_ch4_dipole", TOTAL_DIPOLE_KEY), ("reann_ch4_polarizability", POLARIZABILITY_KEY)],
-)
-def test_ch4_fit_lowers_test_rrmse_well_below_the_mean_predictor(
-    tmp_path, monkeypatch, config, field
-):
-    """Predicting the training mean has an RRMSE of at least 1 on any held-out set (1 for the
-    set's own mean, plus the squared offset of the two means); a short run must reach 0.6.
-    The trained model then packages with nequip-package and evaluates as its checkpoint."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # on 2 busy cores, threads mostly wait
-    result = run_nequip_train(
-        f"configs/{config}.yaml",
-        "trainer.max_epochs=30",
-        "trainer.max_time=00:00:00:50",
-        "training_module.ema_decay=0.99",
-        f"hydra.run.dir={tmp_path}",
-    )
-    report = result.stdout + result.stderr
-    match = re.search(rf"test0_epoch/{field}_rrmse\s+([0-9.eE+-]+)", report)
-    assert match, report[-3000:]
-    rrmse = float(match.group(1))
-    print(f"test RRMSE of {field} after a short run: {rrmse:.3f}")
-    assert rrmse < 0.6, f"test RRMSE of {field}: {rrmse:.3f}"
-
-    package = tmp_path / "model.nequip.zip"
-    packaged = subprocess.run(
-        [str(pathlib.Path(sys.executable).parent / "nequip-package"), "build"]
-        + [str(tmp_path / "best.ckpt"), str(package)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert packaged.returncode == 0, packaged.stderr[-4000:]
-    atoms = read(CH4_DATA, index=1)
-    atoms.calc = None
-    expected, actual = (
-        load_saved_model(str(path)).eval()(model_input(atoms, TYPE_NAMES, 4.0))[field]
-        for path in (tmp_path / "best.ckpt", package)
-    )
-    assert_same(actual.detach().numpy(), expected.detach().numpy(), "packaged model", tol=1e-6)

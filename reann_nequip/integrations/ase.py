@@ -9,11 +9,9 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.data import atomic_numbers
 
+from .._limits import MIN_DISTANCE
 from ..deploy.build import read_metadata
 from ..deploy.kernels import load_deployed_file
-
-# two atoms closer than this (Å) are almost surely a broken structure, not physics
-MIN_DISTANCE = 0.1
 
 
 class _DeployedFile:

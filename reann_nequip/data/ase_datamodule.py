@@ -1,16 +1,17 @@
 """nequip's ``ASEDataModule``, refusing frames that cannot be physics before anything uses them."""
 
-from typing import Optional, Set
+from typing import List, Optional, Set
 
 import numpy as np
 import torch
 from nequip.data import AtomicDataDict
 from nequip.data.datamodule import ASEDataModule as _NequipASEDataModule
+from nequip.data.datamodule import NequIPDataModule
 from nequip.data.dataset import ASEDataset
 
 from .frame_checks import FrameProblem, frame_problem
 
-# Lightning stage -> the datasets nequip's setup() builds for it
+# Lightning stage -> the datasets NequIPDataModule.setup() builds for it
 _STAGE_DATASETS = {
     "fit": ("train_dataset", "val_dataset"),
     "validate": ("val_dataset",),
@@ -51,12 +52,8 @@ class ASEDataModule(_NequipASEDataModule):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        for name in _STAGE_DATASETS[stage]:
-            for dataset in getattr(self, name):
-                # a split is a torch Subset of the file's ASEDataset
-                while isinstance(dataset, torch.utils.data.Subset):
-                    dataset = dataset.dataset
-                self._check(dataset)
+        for dataset in stage_datasets(self, stage):
+            self._check(dataset)
 
     def _check(self, dataset: ASEDataset) -> None:
         if dataset.file_path in self._checked_files:
@@ -66,6 +63,18 @@ class ASEDataModule(_NequipASEDataModule):
             if problem is not None:
                 raise ValueError(f"{dataset.file_path}, frame {index}: {problem.message}")
         self._checked_files.add(dataset.file_path)
+
+
+def stage_datasets(datamodule: NequIPDataModule, stage: str) -> List[torch.utils.data.Dataset]:
+    """The datasets a nequip data module has set up for a Lightning ``stage`` (``fit``,
+    ``validate``, ``test``, ``predict``), each unwrapped from the torch ``Subset`` of a split."""
+    datasets = []
+    for name in _STAGE_DATASETS[stage]:
+        for dataset in getattr(datamodule, name):
+            while isinstance(dataset, torch.utils.data.Subset):
+                dataset = dataset.dataset
+            datasets.append(dataset)
+    return datasets
 
 
 def _problem(data: AtomicDataDict.Type) -> Optional[FrameProblem]:

@@ -37,6 +37,7 @@ import ase.data
 import numpy as np
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from .._files import atomic_output
 from .frame_checks import frame_problem
 
 COORDINATES = ("cartesian", "fractional")
@@ -402,13 +403,14 @@ def write_frames(
     """Write frames to a ``configuration`` file; numbers keep full float64 precision.
 
     Args:
-        path: the file (overwritten)
+        path: the file, replaced only once complete (an error or a kill midway leaves the old
+            one); a generator may read the frames from ``path`` itself
         frames: the frames, in the units wanted in the file; written as they come, so a
             generator is written with the memory of one frame
         coordinates (str): ``cartesian`` or ``fractional`` (REANN ``table_coor`` 0 or 1)
     """
     _check_coordinates(coordinates)
-    with open(path, "w") as stream:
+    with atomic_output(path) as stream:
         for index, frame in enumerate(frames):
             header = frame.header.strip() or f"point= {index + 1}"
             if "\n" in header:
@@ -459,7 +461,7 @@ def write_configuration(
     """ASE-style writer: ``images`` with their forces (if any) and one ``abprop`` property.
 
     Args:
-        path: the file (overwritten)
+        path: the file, replaced only once complete (see :func:`write_frames`)
         images: ``ase.Atoms`` or an iterable of them (a generator is written one frame at a
             time); energies, forces and dipoles from their calculators (dipole also from
             ``info["total_dipole"]``), polarizability from ``info["polarizability"]`` ([3, 3] or

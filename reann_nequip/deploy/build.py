@@ -7,6 +7,7 @@ from typing import Dict, Optional
 import torch
 from nequip.data import AtomicDataDict
 
+from .._files import atomic_output, check_output_path
 from .._version import __version__
 from ..nn.element_networks import use_fused_networks
 from ..nn.kernels import load_kernels
@@ -155,6 +156,8 @@ def deploy(
         model_dtype: ``float32`` or ``float64`` (default: the training dtype)
         units: the LAMMPS ``units`` style of the training data (default ``metal``: eV, Å)
     """
+    # before the model is loaded: never replace the checkpoint by its deployed file
+    check_output_path(output_path, inputs=[model_path])
     return save_deployed(
         load_trained_model(model_path, model_dtype), output_path, units, model_path
     )
@@ -199,7 +202,9 @@ def save_deployed(
         # folded here (hence fold_pair_mixing above, for the updates' Q W). Freezing drops
         # detach(); DeployedEnergyModel does without it
         scripted = torch.jit.freeze(scripted, preserved_attrs=list(EXCHANGE_METHODS))
-    torch.jit.save(scripted, output_path, _extra_files=metadata)
+    # through a temporary file: a kill mid-write leaves the previous file, not a part
+    with atomic_output(output_path, "wb") as stream:
+        torch.jit.save(scripted, stream, _extra_files=metadata)
     return metadata
 
 

@@ -11,6 +11,7 @@ from .._files import atomic_output, check_output_path
 from .._version import __version__
 from ..nn.element_networks import use_fused_networks
 from ..nn.kernels import load_kernels
+from .checks import check_deployable
 from .deployed_model import EXCHANGE_METHODS, DeployedEnergyModel, DeployedTensorModel
 
 # the layout of the deployed file; pair_reann refuses files of another format
@@ -178,6 +179,7 @@ def save_deployed(
     :meth:`~reann_nequip.nn.RecursiveEmbeddedDensity.fold_final_mixing`) and are frozen
     (``torch.jit.freeze``, the coefficient-exchange methods kept); ``graph_model`` itself is
     left unchanged."""
+    check_deployable(graph_model, units, source)
     metadata = deployed_metadata(graph_model, units, source)
     graph_model = copy.deepcopy(graph_model)
     if metadata["model_kind"] == "energy":

@@ -46,20 +46,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def read_frames(path: str, coordinates) -> Iterator:
     """ASE atoms of DATA, one at a time."""
-    if coordinates is not None or os.path.basename(path) == "configuration":
-        from reann_nequip.data import iter_configuration
+    from reann_nequip.data.configuration import iter_configuration, looks_like_configuration
 
-        if coordinates is None:
-            raise ValueError(
-                f"{path} is a REANN configuration file: give --coordinates cartesian or "
-                "fractional (REANN's table_coor 0 or 1)"
-            )
+    if coordinates is not None:
         for frame in iter_configuration(path, coordinates=coordinates):
             yield frame.to_atoms()
         return
+    # before ASE, which fails on REANN's files in its own ways (UnknownFileTypeError; a file
+    # named *.cfg goes to its AtomEye reader and an UnboundLocalError)
+    if os.path.basename(path) == "configuration" or looks_like_configuration(path):
+        raise ValueError(
+            f"{path} is a REANN configuration file: give --coordinates cartesian or "
+            "fractional (REANN's table_coor 0 or 1)"
+        )
     import ase.io
+    from ase.io.formats import UnknownFileTypeError
 
-    yield from ase.io.iread(path)
+    try:
+        yield from ase.io.iread(path)
+    except UnknownFileTypeError as error:
+        raise ValueError(
+            f"{path}: ASE cannot tell the format of this file ({error}); name it *.extxyz or "
+            "*.xyz, or give --coordinates for a REANN configuration file"
+        ) from None
 
 
 def reference_values(atoms) -> Dict[str, np.ndarray]:

@@ -387,6 +387,15 @@ def _check_physics(frame: ReannFrame, index: int, path: str, coordinates: str) -
     raise ConfigurationFormatError(path, line, message)
 
 
+def looks_like_configuration(path: Union[str, os.PathLike]) -> bool:
+    """Whether the file reads like a ``configuration`` file, whatever its name: its fifth line is
+    REANN's ``pbc`` line (the first four are a header and three lattice vectors)."""
+    with open(path, "rb") as stream:
+        lines = [stream.readline() for _ in range(5)]
+    tokens = lines[4].split()
+    return bool(tokens) and tokens[0].lower() == b"pbc"
+
+
 def count_frames(path: Union[str, os.PathLike]) -> int:
     """Number of ``abprop:`` lines, i.e. of frames, without parsing them."""
     with open(path, "rb") as stream:

@@ -54,9 +54,9 @@ class TrainingGuard(Callback):
             data_type_names = _data_type_names(dataset)
             if data_type_names is not None and data_type_names != model_type_names:
                 raise ValueError(
-                    f"the data and the model have different element lists: the {stage} data "
-                    f"maps elements to the types {data_type_names}, the model has the "
-                    f"`type_names` {model_type_names}. When resuming (`++ckpt_path`), nequip "
+                    "the data and the model have different element lists: the data maps "
+                    f"elements to the types {data_type_names}, the model has the `type_names` "
+                    f"{model_type_names}. When resuming (`++ckpt_path`), nequip "
                     "takes the model from the checkpoint and the data transforms from the "
                     "config: give the config the checkpoint's element list, or start a new run "
                     "(fine-tune with `ModelFromCheckpoint`)"

@@ -654,6 +654,11 @@ CASES = [
          evaluation("configuration", reann_text({7: "H 1.008 1.0 2.0 3.0 -0.5 0.5 0.0"})),
          cli(reann_main, "evaluate", "{model}", "{data}", "--coordinates", "cartesian"),
          r"configuration, line 14: frame 1 .* atoms 0 and 1 are 0 Å apart"),
+    Case("evaluate_plots_into_a_file",
+         evaluation("configuration", reann_text({})),
+         cli(reann_main, "evaluate", "{model}", "{data}", "--coordinates", "cartesian",
+             "-o", "{data}"),
+         r"reann-nequip evaluate: error: .*File exists: '.*configuration'"),
     Case("evaluate_model_not_a_checkpoint", evaluation("data.xyz", ""),
          cli(reann_main, "evaluate", "{data}.pt", "{data}"),
          r"MODEL must be a nequip checkpoint \(.ckpt\) or package \(.zip\)"),
@@ -776,6 +781,25 @@ def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
     with atomic_output(target, append=True) as stream:
         stream.write("Epoch=      1 …\n")
     assert target.read_text() == "Epoch=      0 …\nEpoch=      1 …\n"
+
+
+def test_a_failed_write_configuration_leaves_the_previous_file(tmp_path):
+    """A generator of frames that fails midway (here: on its second frame) leaves the file as it
+    was, even when it reads the frames from that very file."""
+    path = tmp_path / "configuration"
+    path.write_text(reann_text({}))
+    before = path.read_text()
+
+    def frames():
+        for index, atoms in enumerate(ase.io.read(CH4, ":3")):
+            if index == 1:
+                raise RuntimeError("the source failed")
+            yield atoms
+
+    with pytest.raises(RuntimeError, match="the source failed"):
+        write_configuration(path, frames())
+    assert path.read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["configuration"]
 
 
 @needs_kernels

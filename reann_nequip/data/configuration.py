@@ -371,16 +371,16 @@ def _check_physics(frame: ReannFrame, index: int, path: str, coordinates: str) -
     if problem is None:
         return
     first_atom_line = frame.line + 5
-    message = f"frame {index} (starting at line {frame.line}): {problem.message}"
+    where = f"frame {index} (starting at line {frame.line})"
     if problem.atoms:
         line = first_atom_line + problem.atoms[0]
         if len(problem.atoms) > 1:
-            lines = " and ".join(str(first_atom_line + atom) for atom in problem.atoms)
-            message += f" (lines {lines})"
+            where += ", lines " + " and ".join(str(first_atom_line + a) for a in problem.atoms)
     elif problem.field == "cell":
         line = frame.line + 1
     else:
         line = first_atom_line + len(frame.symbols)  # the abprop line
+    message = f"{where}: {problem.message}"
     if coordinates == "cartesian" and problem.atoms and (np.abs(frame.positions) <= 1.0).all():
         # every coordinate within [-1, 1]: most likely REANN's fractional table_coor 1
         message += "; are these fractional coordinates (`coordinates: fractional`)?"

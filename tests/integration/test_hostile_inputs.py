@@ -551,8 +551,8 @@ CASES = [
     # === nequip-train: the failures end in an error, not in NaN weights or SIGFPE ===
     Case("train_reann_file_with_coincident_atoms", reann_format_run,
          nequip_train("{config}", *TINY, "hydra.run.dir={run_dir}"),
-         r"configuration, line \d+: frame 7 \(starting at line \d+\): atoms 0 and 1 are 0 Å "
-         r"apart", SLOW),
+         r"configuration, line \d+: frame 7 \(starting at line \d+\), lines \d+ and \d+: atoms 0 "
+         r"and 1 are 0 Å apart", SLOW),
     Case("train_extxyz_energy_1e308", ch4_frames(set_result("energy", 1e308)),
          nequip_train(str(TUTORIAL), "data_file={path}", *TINY, "hydra.run.dir={run_dir}"),
          r"ch4.xyz, frame 7: the energy 1e\+308", SLOW),

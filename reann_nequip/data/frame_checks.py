@@ -91,11 +91,11 @@ def frame_problem(
                     "cell",
                 )
         fractional = positions @ reciprocal  # [num_atoms, 3]
-        far = np.abs(fractional[:, pbc]).max(axis=1) > MAX_CELL_IMAGES
-        if far.any():
-            atom = int(np.argmax(far))
+        images = np.abs(fractional[:, pbc]).max(axis=1)  # [num_atoms]
+        if (images > MAX_CELL_IMAGES).any():
+            atom = int(np.argmax(images))
             return FrameProblem(
-                f"atom {atom} lies {np.abs(fractional[atom]).max():.3g} cell vectors away from "
+                f"atom {atom} lies {images[atom]:.3g} cell vectors away from "
                 f"the cell (at most {MAX_CELL_IMAGES:g}; wrap the positions into the cell)",
                 "positions",
                 (atom,),

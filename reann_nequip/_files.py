@@ -20,8 +20,8 @@ class OutputPathError(ValueError):
 
 def check_output_path(path: PathLike, inputs: Sequence[PathLike] = ()) -> None:
     """Raise :class:`OutputPathError` unless ``path`` can be written without harm: its directory
-    exists and is writable, it is not a directory, and it is none of ``inputs`` (under any name:
-    symbolic or hard links count)."""
+    exists and is writable, it is neither a directory nor a read-only file, and it is none of
+    ``inputs`` (under any name: symbolic or hard links count)."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
@@ -30,6 +30,9 @@ def check_output_path(path: PathLike, inputs: Sequence[PathLike] = ()) -> None:
         raise OutputPathError(f"cannot write `{path}`: the directory `{directory}` is read-only")
     if os.path.isdir(path):
         raise OutputPathError(f"cannot write `{path}`: it is a directory")
+    # the rename would replace a write-protected file, which open() refuses
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise OutputPathError(f"cannot write `{path}`: the file is read-only")
     for source in inputs:
         if os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source):
             raise OutputPathError(

@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import types
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import ase.io
 import lightning
@@ -307,23 +307,27 @@ def deployed_water(tmp_path_factory) -> pathlib.Path:
 
 
 @pytest.fixture
-def read_only_directory(tmp_path) -> pathlib.Path:
-    """A directory nobody may write into: read-only permissions, and for root (whom permissions
-    do not stop) the immutable attribute."""
-    directory = tmp_path / "read_only"
-    directory.mkdir()
-    directory.chmod(0o555)
-    immutable = os.access(directory, os.W_OK)
-    if immutable:
-        if (
+def read_only() -> Callable[[pathlib.Path], pathlib.Path]:
+    """Makes a file or directory read-only for the test: its permissions, and for root (whom
+    permissions do not stop) the immutable attribute; skips the test where neither works."""
+    made: List[Tuple[pathlib.Path, bool]] = []
+
+    def make(path: pathlib.Path) -> pathlib.Path:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+        immutable = os.access(path, os.W_OK)
+        if immutable and (
             shutil.which("chattr") is None
-            or subprocess.run(["chattr", "+i", str(directory)]).returncode
+            or subprocess.run(["chattr", "+i", str(path)]).returncode != 0
         ):
-            pytest.skip("root without `chattr +i`: no directory is read-only here")
-    yield directory
-    if immutable:
-        subprocess.run(["chattr", "-i", str(directory)], check=True)
-    directory.chmod(0o755)
+            pytest.skip("root without `chattr +i`: nothing is read-only here")
+        made.append((path, immutable))
+        return path
+
+    yield make
+    for path, immutable in made:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+        path.chmod(0o755)
 
 
 def checkpoint_copy(tmp_path: pathlib.Path, fixture: Fixture) -> Inputs:
@@ -340,10 +344,15 @@ def checkpoint_copy(tmp_path: pathlib.Path, fixture: Fixture) -> Inputs:
     }
 
 
-def read_only_output(tmp_path: pathlib.Path, fixture: Fixture) -> Inputs:
+def read_only_outputs(tmp_path: pathlib.Path, fixture: Fixture) -> Inputs:
+    """A read-only directory, and a read-only deployed file in a writable one."""
+    read_only = fixture("read_only")
+    (tmp_path / "directory").mkdir()
+    (tmp_path / "model.pth").write_bytes(b"a model to keep")
     return {
         "checkpoint": fixture("imported_checkpoint"),
-        "output": fixture("read_only_directory") / "model.pth",
+        "in_directory": read_only(tmp_path / "directory") / "model.pth",
+        "file": read_only(tmp_path / "model.pth"),
     }
 
 
@@ -612,9 +621,12 @@ CASES = [
     Case("deploy_onto_a_directory", checkpoint_copy,
          cli(deploy_main, "build", "{checkpoint}", "{directory}"),
          r"cannot write `.*`: it is a directory"),
-    Case("deploy_into_read_only_directory", read_only_output,
-         cli(deploy_main, "build", "{checkpoint}", "{output}"),
-         r"cannot write `.*read_only/model.pth`: the directory `.*read_only` is read-only"),
+    Case("deploy_into_read_only_directory", read_only_outputs,
+         cli(deploy_main, "build", "{checkpoint}", "{in_directory}"),
+         r"cannot write `.*directory/model.pth`: the directory `.*directory` is read-only"),
+    Case("deploy_onto_read_only_file", read_only_outputs,
+         cli(deploy_main, "build", "{checkpoint}", "{file}"),
+         r"cannot write `.*model.pth`: the file is read-only"),
     # === ReannCalculator ===
     Case("ase_model_not_torchscript", not_deployed_files,
          call(lambda i: ReannCalculator(str(i["garbage"]))), r"garbage.pth` is not a TorchScript"),

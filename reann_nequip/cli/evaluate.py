@@ -7,6 +7,8 @@ from typing import Dict, Iterator, List
 
 import numpy as np
 
+from reann_nequip._files import OutputPathError, atomic_output
+
 HELP = "RMSE/MAE and parity plots of a nequip checkpoint or package on an extxyz or REANN file"
 
 # property -> (model output key, unit label relative to the data's energy E and length L)
@@ -44,20 +46,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def read_frames(path: str, coordinates) -> Iterator:
     """ASE atoms of DATA, one at a time."""
-    if coordinates is not None or os.path.basename(path) == "configuration":
-        from reann_nequip.data import iter_configuration
+    from reann_nequip.data.configuration import iter_configuration, looks_like_configuration
 
-        if coordinates is None:
-            raise ValueError(
-                f"{path} is a REANN configuration file: give --coordinates cartesian or "
-                "fractional (REANN's table_coor 0 or 1)"
-            )
+    if coordinates is not None:
         for frame in iter_configuration(path, coordinates=coordinates):
             yield frame.to_atoms()
         return
+    # before ASE, which fails on REANN's files in its own ways (UnknownFileTypeError; a file
+    # named *.cfg goes to its AtomEye reader and an UnboundLocalError)
+    if os.path.basename(path) == "configuration" or looks_like_configuration(path):
+        raise ValueError(
+            f"{path} is a REANN configuration file: give --coordinates cartesian or "
+            "fractional (REANN's table_coor 0 or 1)"
+        )
     import ase.io
+    from ase.io.formats import UnknownFileTypeError
 
-    yield from ase.io.iread(path)
+    try:
+        yield from ase.io.iread(path)
+    except UnknownFileTypeError as error:
+        raise ValueError(
+            f"{path}: ASE cannot tell the format of this file ({error}); name it *.extxyz or "
+            "*.xyz, or give --coordinates for a REANN configuration file"
+        ) from None
 
 
 def reference_values(atoms) -> Dict[str, np.ndarray]:
@@ -129,7 +140,11 @@ def predict(model, frames: List, r_max: float, device: str) -> Dict[str, np.ndar
     return predicted
 
 
-def parity_plot(reference: np.ndarray, predicted: np.ndarray, title: str, unit: str, path: str):
+def parity_plot(
+    reference: np.ndarray, predicted: np.ndarray, title: str, unit: str, path: str, inputs
+):
+    """Write a PNG parity plot to ``path`` (only once complete); ``inputs`` are the files that
+    ``path`` must not overwrite."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -144,7 +159,8 @@ def parity_plot(reference: np.ndarray, predicted: np.ndarray, title: str, unit: 
     axis.set_ylabel(f"model ({unit})")
     axis.set_title(title)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    with atomic_output(path, "wb", inputs=inputs) as stream:
+        figure.savefig(stream, format="png", dpi=120)
     plt.close(figure)
 
 
@@ -197,17 +213,16 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
 
-    os.makedirs(args.output_dir, exist_ok=True)
     print(f"errors in the units of {args.data} (E energy, L length)")
     print(f"| {'property':<22} | {'count':>8} | {'RMSE':>12} | {'MAE':>12} | unit     |")
     print(f"|{'-' * 24}|{'-' * 10}|{'-' * 14}|{'-' * 14}|----------|")
-    rows = []
+    rows = []  # (name, reference, predicted, unit): one parity plot each, then per element
     for name, (_, unit) in PROPERTIES.items():
         if name not in reference:
             continue
         ref, pred = np.concatenate(reference[name]), np.concatenate(predicted[name])
         rows.append((name, ref, pred, unit))
-        parity_plot(ref, pred, name, unit, os.path.join(args.output_dir, f"parity_{name}.png"))
+    plots = list(rows)
     if "forces" in reference:
         elements = np.array(symbols)
         ref, pred = np.concatenate(reference["forces"]), np.concatenate(predicted["forces"])
@@ -219,5 +234,13 @@ def run(args: argparse.Namespace) -> int:
         rmse = float(np.sqrt(np.mean(error**2)))
         mae = float(np.mean(np.abs(error)))
         print(f"| {name:<22} | {error.size:>8} | {rmse:>12.6g} | {mae:>12.6g} | {unit:<8} |")
+    try:
+        os.makedirs(args.output_dir, exist_ok=True)
+        for name, ref, pred, unit in plots:
+            path = os.path.join(args.output_dir, f"parity_{name}.png")
+            parity_plot(ref, pred, name, unit, path, inputs=[args.model, args.data])
+    except (OSError, OutputPathError) as error:
+        print(f"reann-nequip evaluate: error: {error}", file=sys.stderr)
+        return 2
     print(f"parity plots in {args.output_dir}/")
     return 0

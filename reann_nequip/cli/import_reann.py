@@ -1,7 +1,10 @@
 """``reann-nequip import REANN_PTH --para PARA_DIR``: a REANN model as a nequip checkpoint."""
 
 import argparse
+import os
 import sys
+
+from reann_nequip._files import OutputPathError, atomic_output
 
 HELP = "turn a model trained by the original REANN code (REANN.pth) into a nequip checkpoint"
 
@@ -31,16 +34,18 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from reann_nequip.integrations.reann_checkpoint import ReannStateDictError, import_reann
-    from reann_nequip.integrations.reann_params import ReannParameterError
+    from reann_nequip.integrations.reann_params import PARAMETER_FILES, ReannParameterError
 
+    inputs = [args.reann_pth] + [os.path.join(args.para, name) for name in PARAMETER_FILES]
     try:
         checkpoint, warnings = import_reann(
             args.reann_pth, args.para, model_dtype=args.dtype, data_dir=args.data
         )
-    except (ReannParameterError, ReannStateDictError) as error:
+        with atomic_output(args.output, "wb", inputs=inputs) as stream:
+            torch.save(checkpoint, stream)
+    except (ReannParameterError, ReannStateDictError, OutputPathError) as error:
         print(f"reann-nequip import: error: {error}", file=sys.stderr)
         return 2
-    torch.save(checkpoint, args.output)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     model = checkpoint["hyper_parameters"]["info_dict"]["training_module"]["model"]

@@ -1,5 +1,6 @@
 """Data transforms and readers."""
 
+from .ase_datamodule import ASEDataModule
 from .configuration import (
     ConfigurationFormatError,
     ReannFrame,
@@ -11,6 +12,7 @@ from .configuration_dataset import ReannConfigurationDataset
 from .type_mapper import ChemicalSpeciesToAtomTypeMapper
 
 __all__ = [
+    "ASEDataModule",
     "ChemicalSpeciesToAtomTypeMapper",
     "ConfigurationFormatError",
     "ReannConfigurationDataset",

@@ -20,10 +20,14 @@ fields (forces or not, the same number of ``abprop`` values), because they are t
 
 The reader is a generator: it holds one frame at a time, so memory grows with the largest frame,
 not with the file. Every malformed line raises :class:`ConfigurationFormatError` naming the file
-and the line; nothing is skipped.
+and the line; nothing is skipped. So does every frame that cannot be physics
+(:func:`reann_nequip.data.frame_checks.frame_problem`: atoms closer than 0.1 Å, non-finite
+positions after the fractional conversion, labels beyond 1e9 per atom, …), naming the frame and
+the lines of the atoms at fault.
 """
 
 import dataclasses
+import itertools
 import math
 import os
 from typing import IO, Iterable, Iterator, List, Optional, Sequence, Union
@@ -32,6 +36,9 @@ import ase
 import ase.data
 import numpy as np
 from ase.calculators.singlepoint import SinglePointCalculator
+
+from .._files import atomic_output
+from .frame_checks import frame_problem
 
 COORDINATES = ("cartesian", "fractional")
 
@@ -158,19 +165,27 @@ def _check_coordinates(coordinates: str) -> None:
 
 
 class _LineReader:
-    """Numbered lines of one file, with errors that name the file and the line."""
+    """Numbered lines of one file opened in binary mode, decoded as UTF-8 one line at a time (so
+    that a bad byte is reported on its own line), with errors that name the file and the line."""
 
-    def __init__(self, stream: IO[str], path: str):
+    def __init__(self, stream: IO[bytes], path: str):
         self.stream = stream
         self.path = path
         self.number = 0
 
     def next(self) -> Optional[str]:
         """The next line without its line break; ``None`` at the end of the file."""
-        line = self.stream.readline()
-        if not line:
+        raw = self.stream.readline()
+        if not raw:
             return None
         self.number += 1
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            self.fail(
+                f"not UTF-8 text: byte {raw[error.start]:#04x} at column {error.start + 1} "
+                f"({error.reason}); REANN configuration files are plain text"
+            )
         return line.rstrip("\r\n")
 
     def required(self, expected: str, frame_line: int) -> str:
@@ -265,7 +280,18 @@ def _read_frame(reader: _LineReader, header: str, coordinates: str) -> ReannFram
         reader.fail(f"masses must be positive, found {masses[i]}", line=first_atom_line + i)
     positions = values[:, 1:4]
     if coordinates == "fractional":
-        positions = positions @ cell
+        # finite fractions times a finite cell may still overflow (1e300 in a 1e10 Å cell):
+        # checked here rather than warned about by numpy
+        with np.errstate(over="ignore", invalid="ignore"):
+            positions = positions @ cell
+        overflow = ~np.isfinite(positions).all(axis=1)
+        if overflow.any():
+            i = int(np.argmax(overflow))
+            reader.fail(
+                f"fractional coordinates {values[i, 1:4].tolist()} times the cell give the "
+                f"non-finite position {positions[i].tolist()}",
+                line=first_atom_line + i,
+            )
     forces = values[:, 4:7] if values.shape[1] == 7 else None
 
     # === abprop ===
@@ -299,14 +325,15 @@ def iter_configuration(path: Union[str, os.PathLike], coordinates: str) -> Itera
         :class:`ReannFrame` with Cartesian positions, in the file's units
 
     Raises:
-        ConfigurationFormatError: a malformed line, or frames with different fields
+        ConfigurationFormatError: a malformed line, frames with different fields, or a frame
+            that cannot be physics (see :func:`~reann_nequip.data.frame_checks.frame_problem`)
     """
     _check_coordinates(coordinates)
     path = os.fspath(path)
     layout = None  # (has forces, abprop length) of the first frame
-    with open(path) as stream:
+    with open(path, "rb") as stream:
         reader = _LineReader(stream, path)
-        while True:
+        for index in itertools.count():
             header = reader.next()
             if header is None:
                 return
@@ -331,13 +358,48 @@ def iter_configuration(path: Union[str, os.PathLike], coordinates: str) -> Itera
                     f"{'' if layout[0] else 'no '}forces and {layout[1]}; one file holds one "
                     "kind of labels",
                 )
+            _check_physics(frame, index, path, coordinates)
             yield frame
+
+
+def _check_physics(frame: ReannFrame, index: int, path: str, coordinates: str) -> None:
+    """Raise :class:`ConfigurationFormatError` for a frame that cannot be physics, naming the
+    frame and the line of the atom, cell or ``abprop`` at fault."""
+    energy = float(frame.properties[0]) if frame.property_name == "energy" else None
+    labels = {} if energy is not None else {f"abprop ({frame.property_name})": frame.properties}
+    problem = frame_problem(frame.positions, frame.cell, frame.pbc, energy, frame.forces, labels)
+    if problem is None:
+        return
+    first_atom_line = frame.line + 5
+    where = f"frame {index} (starting at line {frame.line})"
+    if problem.atoms:
+        line = first_atom_line + problem.atoms[0]
+        if len(problem.atoms) > 1:
+            where += ", lines " + " and ".join(str(first_atom_line + a) for a in problem.atoms)
+    elif problem.field == "cell":
+        line = frame.line + 1
+    else:
+        line = first_atom_line + len(frame.symbols)  # the abprop line
+    message = f"{where}: {problem.message}"
+    if coordinates == "cartesian" and problem.atoms and (np.abs(frame.positions) <= 1.0).all():
+        # every coordinate within [-1, 1]: most likely REANN's fractional table_coor 1
+        message += "; are these fractional coordinates (`coordinates: fractional`)?"
+    raise ConfigurationFormatError(path, line, message)
+
+
+def looks_like_configuration(path: Union[str, os.PathLike]) -> bool:
+    """Whether the file reads like a ``configuration`` file, whatever its name: its fifth line is
+    REANN's ``pbc`` line (the first four are a header and three lattice vectors)."""
+    with open(path, "rb") as stream:
+        lines = [stream.readline() for _ in range(5)]
+    tokens = lines[4].split()
+    return bool(tokens) and tokens[0].lower() == b"pbc"
 
 
 def count_frames(path: Union[str, os.PathLike]) -> int:
     """Number of ``abprop:`` lines, i.e. of frames, without parsing them."""
-    with open(path) as stream:
-        return sum(1 for line in stream if line.lstrip().startswith("abprop:"))
+    with open(path, "rb") as stream:
+        return sum(1 for line in stream if line.lstrip().startswith(b"abprop:"))
 
 
 def _format_row(values) -> str:
@@ -350,13 +412,14 @@ def write_frames(
     """Write frames to a ``configuration`` file; numbers keep full float64 precision.
 
     Args:
-        path: the file (overwritten)
+        path: the file, replaced only once complete (an error or a kill midway leaves the old
+            one); a generator may read the frames from ``path`` itself
         frames: the frames, in the units wanted in the file; written as they come, so a
             generator is written with the memory of one frame
         coordinates (str): ``cartesian`` or ``fractional`` (REANN ``table_coor`` 0 or 1)
     """
     _check_coordinates(coordinates)
-    with open(path, "w") as stream:
+    with atomic_output(path) as stream:
         for index, frame in enumerate(frames):
             header = frame.header.strip() or f"point= {index + 1}"
             if "\n" in header:
@@ -407,7 +470,7 @@ def write_configuration(
     """ASE-style writer: ``images`` with their forces (if any) and one ``abprop`` property.
 
     Args:
-        path: the file (overwritten)
+        path: the file, replaced only once complete (see :func:`write_frames`)
         images: ``ase.Atoms`` or an iterable of them (a generator is written one frame at a
             time); energies, forces and dipoles from their calculators (dipole also from
             ``info["total_dipole"]``), polarizability from ``info["polarizability"]`` ([3, 3] or

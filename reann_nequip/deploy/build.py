@@ -7,9 +7,11 @@ from typing import Dict, Optional
 import torch
 from nequip.data import AtomicDataDict
 
+from .._files import atomic_output, check_output_path
 from .._version import __version__
 from ..nn.forms import use_kernels
 from ..nn.kernels import load_kernels
+from .checks import check_deployable
 from .deployed_model import EXCHANGE_METHODS, DeployedEnergyModel, DeployedTensorModel
 
 # the layout of the deployed file; pair_reann refuses files of another format
@@ -153,6 +155,8 @@ def deploy(
         model_dtype: ``float32`` or ``float64`` (default: the training dtype)
         units: the LAMMPS ``units`` style of the training data (default ``metal``: eV, Å)
     """
+    # before the model is loaded: never replace the checkpoint by its deployed file
+    check_output_path(output_path, inputs=[model_path])
     return save_deployed(
         load_trained_model(model_path, model_dtype), output_path, units, model_path
     )
@@ -166,6 +170,7 @@ def save_deployed(
     :class:`DeployedTensorModel` (ASE). Both run their stages' kernel forms
     (:func:`~reann_nequip.nn.use_kernels`); energy models are frozen. ``graph_model`` itself is
     left unchanged."""
+    check_deployable(graph_model, units, source)
     metadata = deployed_metadata(graph_model, units, source)
     graph_model = use_kernels(copy.deepcopy(graph_model), True)
     if metadata["model_kind"] == "energy":
@@ -182,7 +187,9 @@ def save_deployed(
         # forward, so the parameters stay attributes). Freezing drops detach();
         # DeployedEnergyModel does without
         scripted = torch.jit.freeze(scripted, preserved_attrs=list(EXCHANGE_METHODS))
-    torch.jit.save(scripted, output_path, _extra_files=metadata)
+    # through a temporary file: a kill mid-write leaves the previous file, not a part
+    with atomic_output(output_path, "wb") as stream:
+        torch.jit.save(scripted, stream, _extra_files=metadata)
     return metadata
 
 

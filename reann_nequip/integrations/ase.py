@@ -1,6 +1,7 @@
 """ASE calculator for files written by ``nequip-deploy build``: needs torch, ASE and the kernel
 library only."""
 
+import math
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -9,11 +10,9 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.data import atomic_numbers
 
+from .._limits import MIN_DISTANCE
 from ..deploy.build import read_metadata
 from ..deploy.kernels import load_deployed_file
-
-# two atoms closer than this (Å) are almost surely a broken structure, not physics
-MIN_DISTANCE = 0.1
 
 
 class _DeployedFile:
@@ -153,9 +152,12 @@ class ReannCalculator(Calculator):
         if wants_energy and "energy" not in self.models:
             raise ValueError(f"{sorted(properties)} need an energy model (`model_path`)")
         if wants_energy:
-            inputs = self.models["energy"].inputs(atoms)
-            atomic_energy, forces, virial = self.models["energy"](*inputs, len(atoms))
+            model = self.models["energy"]
+            atomic_energy, forces, virial = model(*model.inputs(atoms), len(atoms))
             energies = atomic_energy.numpy()
+            _check_finite(model.path, atoms, "energies", energies, per_atom=True)
+            _check_finite(model.path, atoms, "forces", forces.numpy(), per_atom=True)
+            _check_finite(model.path, atoms, "virial", virial.numpy(), per_atom=False)
             self.results.update(
                 energy=float(energies.sum()),
                 free_energy=float(energies.sum()),
@@ -171,4 +173,23 @@ class ReannCalculator(Calculator):
                 if name not in self.models:
                     raise ValueError(f"`{name}` needs a {name} model (`{name}_model`)")
                 model = self.models[name]
-                self.results[name] = model(*model.inputs(atoms)).numpy().copy()
+                value = model(*model.inputs(atoms)).numpy()
+                _check_finite(model.path, atoms, name, value, per_atom=False)
+                self.results[name] = value.copy()
+
+
+def _check_finite(path: str, atoms: Atoms, name: str, values: np.ndarray, per_atom: bool) -> None:
+    """Raise ``ValueError`` if a model output holds NaN or infinity, naming the atoms at fault
+    (``per_atom``: ``values`` is [num_atoms, ...]). One sum on success: a NaN or an infinity
+    makes it non-finite."""
+    if math.isfinite(float(values.sum())):
+        return
+    where = f"for {atoms.get_chemical_formula()} ({len(atoms)} atoms)"
+    if per_atom:
+        bad = np.flatnonzero(~np.isfinite(values.reshape(len(atoms), -1)).all(axis=1)).tolist()
+        shown = ", ".join(str(i) for i in bad[:10]) + (" …" if len(bad) > 10 else "")
+        where += f" on atom(s) {shown}"
+    raise ValueError(
+        f"model `{path}` returned non-finite {name} {where}: a geometry far outside its "
+        "training data, or non-finite weights"
+    )

@@ -187,6 +187,8 @@ def nequip_config(
                     "_target_": "lightning.pytorch.callbacks.LearningRateMonitor",
                     "logging_interval": "epoch",
                 },
+                # no checkpoint with non-finite weights; data and model elements must agree
+                {"_target_": "reann_nequip.train.TrainingGuard"},
             ],
         },
         "training_module": {

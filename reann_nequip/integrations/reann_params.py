@@ -14,6 +14,9 @@ import os
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
+# the files of REANN's `para` directory, in the order REANN reads them
+PARAMETER_FILES = ("input_nn", "input_density")
+
 # REANN's defaults (reann/src/read.py); `atomtype` and `neigh_atoms` have none
 REANN_DEFAULTS: Dict[str, Any] = {
     # input_nn
@@ -148,7 +151,7 @@ def read_reann_parameters(para_dir: str) -> ReannParameters:
     """
     values = dict(REANN_DEFAULTS)
     source: Dict[str, str] = {}
-    for file_name in ("input_nn", "input_density"):
+    for file_name in PARAMETER_FILES:
         path = os.path.join(para_dir, file_name)
         if not os.path.isfile(path):
             raise ReannParameterError(f"{path} not found: REANN's para directory holds {file_name}")

@@ -64,4 +64,3 @@ def supported_kernel_isas() -> List[str]:
     """The levels this CPU runs, lowest first."""
     load_kernels()
     return list(torch.ops.reann.supported_kernel_isas())
-

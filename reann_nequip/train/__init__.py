@@ -1,6 +1,7 @@
 """Training helpers usable from nequip YAML configs."""
 
 from .error_log import ReannErrorLog
+from .guard import TrainingGuard
 from .schedule import ReannTrainingSchedule, reann_force_coeff
 from .tensor_metrics import (
     CartesianComponent,
@@ -18,5 +19,6 @@ __all__ = [
     "ScaledField",
     "TensorPropertyLoss",
     "TensorPropertyMetrics",
+    "TrainingGuard",
     "reann_force_coeff",
 ]

@@ -9,6 +9,8 @@ import lightning
 from lightning.pytorch.callbacks import Callback
 from nequip.train import MeanSquaredError, NequIPLightningModule
 
+from .._files import atomic_output
+
 _TIME_FORMAT = "%Y-%m-%d-%H_%M_%S"  # REANN's timestamp
 
 
@@ -45,7 +47,9 @@ class ReannErrorLog(Callback):
 
     def _write(self, trainer: lightning.Trainer, text: str) -> None:
         if trainer.is_global_zero:
-            with open(self.file_path, "a") as log:
+            # the log is rewritten whole through a temporary file: a kill mid-write leaves the
+            # previous lines intact (a few kB per thousand epochs)
+            with atomic_output(self.file_path, append=True) as log:
                 log.write(text)
 
     def on_train_start(self, trainer: lightning.Trainer, pl_module: NequIPLightningModule) -> None:

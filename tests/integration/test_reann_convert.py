@@ -144,6 +144,7 @@ def test_co2_ni100_config_builds_the_equivalent_model(tmp_path, capsys):
         "final_force_coeff": 0.5,
     }
     assert callbacks["ReannErrorLog"]["file_path"] == "${hydra:runtime.output_dir}/nn.err"
+    assert callbacks["TrainingGuard"] == {"_target_": "reann_nequip.train.TrainingGuard"}
     assert config["trainer"]["max_epochs"] == 20000
 
     # parameters with no equivalent are warned about, those now carried over are not

@@ -82,10 +82,14 @@ def test_dataset_selects_frames_as_a_reann_user_splits_them(co2_ni100):
     assert last[AtomicDataDict.ATOMIC_NUMBERS_KEY][:3].tolist() == [8, 8, 6]
 
 
-def test_fractional_file_read_as_cartesian_differs(co2_ni100):
-    """The `coordinates` argument is honoured (and required: the file cannot tell)."""
-    cartesian = next(iter_configuration(co2_ni100, coordinates="cartesian"))
-    np.testing.assert_allclose(cartesian.positions[0], [0.11733169, 0.00248738, 0.48654427])
+def test_fractional_file_read_as_cartesian_is_refused(co2_ni100):
+    """The `coordinates` argument is honoured (and required: the file cannot tell): read as
+    Cartesian, the fractional coordinates put atoms 0.098 Å apart, which the reader refuses."""
+    with pytest.raises(
+        ConfigurationFormatError,
+        match=r"line 6: frame 0 .* atoms 0 and 2 are 0.098 Å apart.*`coordinates: fractional`",
+    ):
+        next(iter_configuration(co2_ni100, coordinates="cartesian"))
     with pytest.raises(ValueError, match="`coordinates` is required"):
         ReannConfigurationDataset(co2_ni100, frames=":1")
 

@@ -6,7 +6,7 @@ import re
 import signal
 import subprocess
 import sys
-from typing import List
+from typing import Callable, List
 
 import torch
 from ase import Atoms
@@ -161,18 +161,30 @@ def randomize_parameters(model: torch.nn.Module, seed: int = 0) -> torch.nn.Modu
     return model
 
 
-def with_unknown_kernel(deployed: pathlib.Path, output: pathlib.Path) -> pathlib.Path:
-    """A copy of a deployed file whose code calls ``reann::radial_functionx``, an op no kernel
-    library has: what a file deployed by another version looks like to this one."""
+def rewritten_archive(
+    deployed: pathlib.Path, output: pathlib.Path, replace: Callable[[str, bytes], bytes]
+) -> pathlib.Path:
+    """A copy of a deployed file (a zip archive) with each entry's bytes ``replace(name,
+    content)``: an edited or corrupted file, which torch loads all the same (it does not check
+    the archive's checksums)."""
     import zipfile
 
     with zipfile.ZipFile(deployed) as source, zipfile.ZipFile(output, "w") as target:
         for entry in source.infolist():
-            content = source.read(entry)
-            if entry.filename.endswith(".py"):
-                content = content.replace(b"reann.radial_functions(", b"reann.radial_functionx(")
-            target.writestr(entry, content)
+            target.writestr(entry, replace(entry.filename, source.read(entry)))
     return output
+
+
+def with_unknown_kernel(deployed: pathlib.Path, output: pathlib.Path) -> pathlib.Path:
+    """A copy of a deployed file whose code calls ``reann::radial_functionx``, an op no kernel
+    library has: what a file deployed by another version looks like to this one."""
+
+    def rename(name: str, content: bytes) -> bytes:
+        if name.endswith(".py"):
+            return content.replace(b"reann.radial_functions(", b"reann.radial_functionx(")
+        return content
+
+    return rewritten_archive(deployed, output, rename)
 
 
 def error_log_runs(path):

@@ -28,6 +28,9 @@ using torch::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// orders L = 0 .. MAX_ORDERS - 1 of the Cartesian monomials
+constexpr int64_t MAX_ORDERS = 16;
+
 GramSizes check_inputs(const Tensor &vectors, const Tensor &radial, const Tensor &neighbor,
                    const Tensor &coefficients, const Tensor &exponents, const Tensor &weights)
 {
@@ -41,12 +44,18 @@ GramSizes check_inputs(const Tensor &vectors, const Tensor &radial, const Tensor
                   weights.size(0) == exponents.size(0),
               "reann::orbital_gram: expected int64 exponents [C, 3] and weights [C]; got ",
               exponents.sizes(), ", ", weights.sizes());
+  // a model file's monomial table, read as indices by the kernels: each exponent checked
+  // before the orders are summed (no overflow), then the orders, which size the scratch
+  TORCH_CHECK(exponents.numel() == 0 || (exponents.min().item<int64_t>() >= 0 &&
+                                         exponents.max().item<int64_t>() < MAX_ORDERS),
+              "reann::orbital_gram: monomial exponents must lie in 0 .. ", MAX_ORDERS - 1,
+              ": a corrupted model file?");
   const int64_t orders =
       exponents.numel() > 0 ? exponents.sum(1).max().item<int64_t>() + 1 : int64_t(1);
   GramSizes s{vectors.size(0), exponents.size(0), vectors.size(2),
           radial.size(2),  orders,            coefficients.size(0)};
-  TORCH_CHECK(exponents.numel() == 0 || exponents.min().item<int64_t>() >= 0,
-              "reann::orbital_gram: negative exponent");
+  TORCH_CHECK(orders <= MAX_ORDERS, "reann::orbital_gram: monomials of order ", orders - 1,
+              ", beyond the largest supported (", MAX_ORDERS - 1, "): a corrupted model file?");
   TORCH_CHECK(radial.size(0) == s.centers && radial.size(1) == s.slots &&
                   coefficients.size(1) == s.gaussians,
               "reann::orbital_gram: radial ", radial.sizes(), " and coefficients ",

@@ -18,6 +18,7 @@
 #include <torch/csrc/jit/runtime/graph_executor.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <dlfcn.h>
 #include <fstream>
@@ -29,6 +30,9 @@ using namespace LAMMPS_NS;
 static const char *const DEPLOY_FORMAT = "4";
 // two atoms closer than this (Å) mean a broken structure, not physics
 static constexpr double MIN_DISTANCE = 0.1;
+// the largest metadata values a deployed file may give: cutoff (Å), recursions, coefficients
+static constexpr double MAX_CUTOFF = 100.0;
+static constexpr int MAX_RECURSIONS = 64, MAX_COEFFICIENTS = 4096;
 static const char *const SYNTAX =
     "pair_style reann [mode auto|images|shell|exchange] [threads N] [memory keep|release]; "
     "pair_coeff * * model.pth El1 El2 ... (one element or NULL per atom type)";
@@ -165,6 +169,17 @@ void PairREANN::load_model(const std::string &path)
   comm_reverse = coefficient_size;
   interaction_range = utils::numeric(FLERR, metadata["interaction_range"], false, lmp);
   model_units = metadata["units"];
+  // what this pair style sizes its lists and messages from: refused unless plausible
+  if (type_names.empty() || !(r_max > 0.0 && r_max <= MAX_CUTOFF) || num_recursions < 0 ||
+      num_recursions > MAX_RECURSIONS || coefficient_size < 1 ||
+      coefficient_size > MAX_COEFFICIENTS ||
+      std::abs(interaction_range - (num_recursions + 1) * r_max) > 1e-6 * interaction_range)
+    error->all(FLERR,
+               "pair_style reann: `{}` has inconsistent metadata (type_names `{}`, r_max {}, "
+               "num_recursions {}, coefficient_size {}, interaction_range {}): a corrupted or "
+               "edited file? Redeploy it with `nequip-deploy build`",
+               path, metadata["type_names"], metadata["r_max"], metadata["num_recursions"],
+               metadata["coefficient_size"], metadata["interaction_range"]);
   if (comm->me == 0)
     utils::logmesg(lmp,
                    "pair_style reann: model {} (reann_nequip {}, {}): r_max {} , {} recursion(s), "
@@ -405,6 +420,14 @@ void PairREANN::compute(int eflag, int vflag)
   const auto energy_of = atomic_energy.accessor<double, 1>();
   const auto force_of = forces.accessor<double, 2>();
   const auto virial_of = model_virial.accessor<double, 2>();
+  // finite unless some value is not: one sum, and the atoms named only when it fails
+  double sum = 0.0;
+  for (int node = 0; node < num_counted; node++) sum += energy_of[node];
+  for (int64_t node = 0; node < num_nodes; node++)
+    sum += force_of[node][0] + force_of[node][1] + force_of[node][2];
+  for (int row = 0; row < 3; row++) sum += virial_of[row][0] + virial_of[row][1] + virial_of[row][2];
+  if (!std::isfinite(sum)) report_non_finite(atomic_energy, forces);
+
   double **f = atom->f;
   for (int64_t node = 0; node < num_nodes; node++) {
     const int i = atom_of_node[node];
@@ -426,6 +449,27 @@ void PairREANN::compute(int eflag, int vflag)
     virial[4] += virial_of[0][2];
     virial[5] += virial_of[1][2];
   }
+}
+
+// stops with the step and the IDs of the atoms whose energy or force is not finite
+void PairREANN::report_non_finite(const torch::Tensor &atomic_energy, const torch::Tensor &forces)
+{
+  const auto energy_of = atomic_energy.accessor<double, 1>();
+  const auto force_of = forces.accessor<double, 2>();
+  std::vector<std::string> atoms;
+  for (int64_t node = 0; node < static_cast<int64_t>(atom_of_node.size()); node++) {
+    const bool energy = node < num_counted && !std::isfinite(energy_of[node]);
+    const bool force = !(std::isfinite(force_of[node][0]) && std::isfinite(force_of[node][1]) &&
+                         std::isfinite(force_of[node][2]));
+    if ((energy || force) && atoms.size() < 10)
+      atoms.push_back(std::to_string(atom->tag[atom_of_node[node]]));
+  }
+  error->one(FLERR,
+             "pair_style reann: model `{}` returned non-finite energies, forces or virial at step "
+             "{}{}{}: a geometry far outside its training data, or a model with non-finite "
+             "weights",
+             model_path, update->ntimestep, atoms.empty() ? "" : " for atom IDs ",
+             utils::join_words(atoms, " "));
 }
 
 /* ---------------------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ class PairREANN : public Pair {
   // exchange mode: atomic energies of the local nodes and forces on all nodes
   std::pair<torch::Tensor, torch::Tensor> compute_exchange(const std::vector<torch::jit::IValue> &);
   torch::Tensor coefficients_to_ghosts(const torch::Tensor &local_coefficients);
+  void report_non_finite(const torch::Tensor &atomic_energy, const torch::Tensor &forces);
   torch::Tensor gradients_to_owners(const torch::Tensor &node_gradients);
 
   GhostMode ghost_mode;

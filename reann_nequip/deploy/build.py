@@ -11,7 +11,7 @@ from .._files import atomic_output, check_output_path
 from .._version import __version__
 from ..nn.forms import use_kernels
 from ..nn.kernels import load_kernels
-from .checks import check_deployable
+from .checks import check_deployable, check_metadata
 from .deployed_model import EXCHANGE_METHODS, DeployedEnergyModel, DeployedTensorModel
 
 # the layout of the deployed file; pair_reann refuses files of another format
@@ -210,4 +210,5 @@ def read_metadata(path: str) -> Dict[str, str]:
     metadata = {key: value.decode() for key, value in extra_files.items()}
     if metadata["deploy_format"] == "":
         raise ValueError(f"`{path}` is TorchScript but not a reann_nequip deployed model")
+    check_metadata(metadata, path)
     return metadata

@@ -47,7 +47,7 @@ from reann_nequip.integrations.ase import ReannCalculator
 from reann_nequip.model import ReannModel
 from reann_nequip.train import TrainingGuard
 
-from ..utils import REPO_ROOT, run_nequip_train, with_unknown_kernel
+from ..utils import REPO_ROOT, rewritten_archive, run_nequip_train, with_unknown_kernel
 from .test_deploy import triclinic_frame, water_model
 from .test_reann_import import reann_state_dict, write_para
 
@@ -883,3 +883,79 @@ def test_vesin_dies_beyond_the_extent_bound_and_not_within_it():
     assert crashed.returncode == -signal.SIGFPE, (crashed.returncode, crashed.stderr[-2000:])
     bounded = _vesin(MAX_EXTENT, 1.6)
     assert bounded.returncode == 0 and "edges 2" in bounded.stdout, bounded.stderr[-2000:]
+
+
+def test_corrupted_model_files_are_refused_never_crash(tmp_path):
+    """torch does not check a TorchScript archive's checksums, so a file whose bytes were
+    overwritten loads. Every tensor record of a deployed file (parameters and the frozen buffers,
+    index tables among them) overwritten with 0xFF bytes (NaN floats, −1 integers), with 0x7F
+    bytes (huge values), or with a few random small and large integers, and metadata edited:
+    evaluating each in ASE gives a result or an error, never a crash (an index read from the file
+    unchecked would segfault)."""
+    import zipfile
+
+    model = tmp_path / "model.pth"
+    save_deployed(water_model(), str(model))
+    frame = tmp_path / "frame.extxyz"
+    ase.io.write(frame, triclinic_frame())
+    with zipfile.ZipFile(model) as archive:
+        contents = {name: archive.read(name) for name in archive.namelist()}
+    records = [name for name in contents if "/data/" in name or "/constants/" in name]
+    assert len(records) > 20, records
+    generator = np.random.default_rng(0)
+
+    def random_words(content):
+        """``content`` with one in eight 8-byte words set to a small or a huge integer."""
+        data = bytearray(content)
+        for _ in range(max(1, len(data) // 64)):
+            start = 8 * int(generator.integers(0, max(1, len(data) // 8)))
+            value = int(
+                generator.choice([generator.integers(-5, 40), 2 ** int(generator.integers(31, 62))])
+            )
+            word = value.to_bytes(8, "little", signed=True)
+            data[start : start + 8] = word[: len(data[start : start + 8])]
+        return bytes(data)
+
+    corrupted = []
+
+    def write(tag, entry, new_content):
+        path = tmp_path / f"{tag}.pth"
+        rewritten_archive(
+            model, path, lambda name, content: new_content if name == entry else content
+        )
+        corrupted.append(path)
+
+    for record in records:
+        tag = record.replace("/", "_")
+        size = len(contents[record])
+        write(f"{tag}_ff", record, b"\xff" * size)
+        write(f"{tag}_7f", record, b"\x7f" * size)
+        write(f"{tag}_random", record, random_words(contents[record]))
+    for key, value in (
+        ("r_max", b"-3.5"),
+        ("coefficient_size", b"1000000000"),
+        ("type_names", b""),
+    ):
+        (entry,) = [name for name in contents if name.endswith(f"/extra/{key}")]
+        write(f"metadata_{key}", entry, value)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "tests" / "scripts" / "evaluate_deployed_files.py"),
+            str(frame),
+            *map(str, corrupted),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    lines = result.stdout.splitlines()
+    last = [line for line in lines if line.startswith("try ")][-1:]
+    assert result.returncode == 0, (
+        f"crashed ({result.returncode}) on {last}: {result.stderr[-2000:]}"
+    )
+    outcomes = [line for line in lines if not line.startswith("try ")]
+    assert len(outcomes) == len(corrupted)
+    refused = [line for line in outcomes if line.startswith("refused")]
+    # the edited metadata and the NaN weights at least are refused
+    assert len(refused) >= len(records), "\n".join(outcomes)

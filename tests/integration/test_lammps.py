@@ -20,7 +20,7 @@ from reann_nequip.deploy import save_deployed
 from reann_nequip.integrations.ase import ReannCalculator
 from reann_nequip.integrations.lammps import PLUGIN_FILE, plugin_directory
 
-from ..utils import shared_data, tiny_model, with_unknown_kernel
+from ..utils import rewritten_archive, shared_data, tiny_model, with_unknown_kernel
 
 BIN = pathlib.Path(sys.executable).parent
 LMP = BIN / "lmp"
@@ -273,6 +273,8 @@ def _error_of(workdir, result):
         ("images_on_two_ranks", "mode images needs one MPI rank"),
         ("unknown_memory_policy", "unknown memory policy `forever`"),
         ("release_after_keep", "`memory release` after `memory keep` in one LAMMPS process"),
+        ("non_finite_model", "returned non-finite energies, forces or virial at step 0 for atom"),
+        ("corrupted_metadata", "has inconsistent metadata"),
     ],
 )
 def test_lammps_errors_are_clear(tmp_path, case, expected):
@@ -310,6 +312,19 @@ def test_lammps_errors_are_clear(tmp_path, case, expected):
         kwargs["nprocs"] = 2
     elif case == "unknown_memory_policy":
         kwargs["pair_style"] = "reann memory forever"
+    elif case == "non_finite_model":
+        # the first parameter's bytes overwritten with NaN (deploy refuses to write such a file)
+        model = rewritten_archive(
+            model,
+            tmp_path / "nan.pth",
+            lambda name, content: b"\xff" * len(content) if name.endswith("/data/0") else content,
+        )
+    elif case == "corrupted_metadata":
+        model = rewritten_archive(
+            model,
+            tmp_path / "edited.pth",
+            lambda name, content: b"-3.5" if name.endswith("/extra/r_max") else content,
+        )
     elif case == "release_after_keep":
         kwargs["commands"] = (
             f"run 0\npair_style reann memory release\npair_coeff * * {model} O H\nrun 0"

@@ -198,12 +198,14 @@ def training_config(
 ) -> dict:
     """The nequip-train config of ``model`` on ``dataset``: REANN's recommended config with the
     data set's files, elements and cutoff; for NequIP, the same with NequIP's model and optimiser."""
+    import yaml
     from omegaconf import OmegaConf
 
     config = OmegaConf.load(REPO_ROOT / "configs" / f"{args.reann_config or dataset.config}.yaml")
     for override in args.reann_overrides if model == "reann" else []:
         key, value = override.split("=", 1)
-        OmegaConf.update(config, key, OmegaConf.create({"v": value})["v"] if value else value)
+        # values as YAML: numbers, lists and booleans keep their types
+        OmegaConf.update(config, key, yaml.safe_load(value), force_add=True)
     config = OmegaConf.to_container(config)
     config.update(
         seed=seed,
@@ -217,8 +219,14 @@ def training_config(
     )
     config["data"].pop("exclude_keys", None)
     trainer = config["trainer"]
-    trainer["max_time"] = f"00:{args.minutes // 60:02d}:{args.minutes % 60:02d}:00"
-    trainer["max_epochs"] = -1
+    if args.epochs:
+        # a fixed amount of training, whatever the host's speed: for comparing settings by what
+        # they learn per epoch on a busy machine
+        trainer.pop("max_time", None)
+        trainer["max_epochs"] = args.epochs
+    else:
+        trainer["max_time"] = f"00:{args.minutes // 60:02d}:{args.minutes % 60:02d}:00"
+        trainer["max_epochs"] = -1
     # checkpoints for the learning curve, every few seconds of training
     trainer["callbacks"].append(
         {
@@ -442,8 +450,9 @@ def run_dataset(name: str, args, workdir: pathlib.Path) -> List[dict]:
 
 
 def format_report(rows: List[dict], args) -> str:
+    budget = f"{args.epochs} epochs" if args.epochs else f"{args.minutes} min"
     lines = [
-        f"Each model {args.minutes} min of nequip-train on {args.threads} threads; test errors of "
+        f"Each model {budget} of nequip-train on {args.threads} threads; test errors of "
         "the best (validation) checkpoint, EMA weights.",
         "",
         "| data | seed | model | energy MAE (meV) | energy RMSE (meV) | force MAE (meV/Å) | "
@@ -514,6 +523,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--datasets", nargs="+", default=["ch4"], choices=list(DATASETS))
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--minutes", type=int, default=15, help="training budget per model")
+    parser.add_argument(
+        "--epochs", type=int, help="train this many epochs instead of --minutes (ablations)"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
     parser.add_argument("--threads", type=int, default=2, help="torch/OpenMP threads")
     parser.add_argument("--curve-seconds", type=int, default=60, help="checkpoint interval")

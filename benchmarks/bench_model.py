@@ -314,10 +314,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         )
     if training:
         print("\nTraining step (float32; forward, forces, energy + force MSE, backward, Adam)")
-        print(
-            "| frames | form | batch | atoms | ms/step | frames/s | GFLOP/s "
-            "| peak RSS (MB) |"
-        )
+        print("| frames | form | batch | atoms | ms/step | frames/s | GFLOP/s | peak RSS (MB) |")
         print("|---|---|---|---|---|---|---|---|")
         for row in training:
             print(

@@ -13,7 +13,7 @@ from nequip.nn import GraphModuleMixin
 
 
 def with_edge_vectors(data: AtomicDataDict.Type) -> AtomicDataDict.Type:
-    """Adds ``edge_vectors`` r_ij = x_j − x_i (+ s_ij C) [E, 3] and ``edge_lengths`` |r_ij|
+    """Adds ``edge_vectors`` r_ij = x_j − x_i (+ s_ij C) [E, 3] and ``edge_lengths`` ‖r_ij‖
     [E, 1] (Å) to ``data``, each unless present, differentiable in positions and cell."""
     if AtomicDataDict.EDGE_VECTORS_KEY not in data:
         pos = data[AtomicDataDict.POSITIONS_KEY]

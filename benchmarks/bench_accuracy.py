@@ -40,6 +40,7 @@ import time
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
+from provenance import provenance
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared" / "data"
@@ -489,6 +490,11 @@ def format_report(rows: List[dict], args) -> str:
     return "\n".join(lines)
 
 
+def markdown(data: dict) -> str:
+    """The tables of a ``--json`` file (:func:`format_report` of its rows and arguments)."""
+    return format_report(data["rows"], argparse.Namespace(**data["arguments"]))
+
+
 def plot_curves(rows: List[dict], args, path: pathlib.Path) -> None:
     import matplotlib
 
@@ -554,7 +560,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         plot_curves(rows, args, pathlib.Path(args.plot))
     if args.json:
         pathlib.Path(args.json).write_text(
-            json.dumps({"arguments": vars(args), "rows": rows}, indent=1)
+            json.dumps(
+                {**provenance(__file__, argv), "arguments": vars(args), "rows": rows}, indent=1
+            )
         )
 
 

@@ -38,6 +38,8 @@ BENCHMARKS = (
     "bench_configuration_reader",
     "bench_neighbor_lists",
 )
+# where the documentation's Performance page starts including this report (docs/performance.md)
+TABLES_MARKER = "<!-- the report's sections -->\n"
 # their --json files hold the whole document for `markdown`; the others put it under "results"
 WHOLE_DOCUMENT = ("bench_water", "bench_accuracy")
 
@@ -164,7 +166,8 @@ def render(results_dir: pathlib.Path = RESULTS_DIR) -> str:
     for name in BENCHMARKS:
         title = to_markdown(docstring_parts(name)[0])
         contents.append(f"- [{name}](#{name}): {title}")
-    parts = [INTRODUCTION, "\n".join(contents) + "\n"]
+    # the documentation's Performance page includes the report from this marker on
+    parts = [INTRODUCTION, TABLES_MARKER, "\n".join(contents) + "\n"]
     parts += [section(name, results[name]) for name in BENCHMARKS]
     return "\n".join(parts).rstrip("\n") + "\n"
 

@@ -495,6 +495,34 @@ def markdown(data: dict) -> str:
     return format_report(data["rows"], argparse.Namespace(**data["arguments"]))
 
 
+def headline(data: dict) -> list:
+    """The README's numbers: REANN's test force MAE over NequIP's at equal training time, the
+    median over seeds, per data set."""
+    arguments = data["arguments"]
+    if not set(MODELS) <= set(arguments["models"]):
+        return []
+    budget = (
+        f"{arguments['epochs']} epochs"
+        if arguments.get("epochs")
+        else f"{arguments['minutes']} min"
+    )
+    rows = []
+    for name in dict.fromkeys(row["dataset"] for row in data["rows"]):
+        ratios = [
+            row["reann"]["final"]["forces_mae_meV_per_A"]
+            / row["nequip"]["final"]["forces_mae_meV_per_A"]
+            for row in data["rows"]
+            if row["dataset"] == name
+        ]
+        rows.append(
+            (
+                f"test force MAE, REANN / NequIP, {name}, {budget} of training each",
+                f"{float(np.median(ratios)):.2f}",
+            )
+        )
+    return rows
+
+
 def plot_curves(rows: List[dict], args, path: pathlib.Path) -> None:
     import matplotlib
 

@@ -280,6 +280,26 @@ def markdown(results: Dict) -> str:
     return "\n\n".join(table for table in tables if table)
 
 
+def headline(results: Dict) -> List[Tuple[str, str]]:
+    """The README's numbers: one rank, default memory policy, the largest box, per dtype."""
+    rows = []
+    for dtype in ("float32", "float64"):
+        entries = [
+            entry
+            for entry in results["configurations"]
+            if entry["dtype"] == dtype and entry["ranks"] == 1 and entry["memory"] == "keep"
+        ]
+        if entries:
+            entry = max(entries, key=lambda e: e["size"])
+            rows.append(
+                (
+                    f"`pair_style reann` MD, {entry['size']:,} water atoms, 1 rank, {dtype}",
+                    f"{best(entry['runs']):.1f} µs/atom-step",
+                )
+            )
+    return rows
+
+
 def steps_for(size: int, steps: Optional[int]) -> int:
     """MD steps at ``size`` atoms: ``steps``, or ~2e5 atom-steps within 5 … MAX_STEPS."""
     return steps or max(5, min(MAX_STEPS, 200000 // size))

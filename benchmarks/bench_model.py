@@ -351,5 +351,17 @@ def markdown(results: Dict) -> str:
     return "\n".join(lines)
 
 
+def headline(results: Dict) -> List:
+    """The README's numbers: training throughput on the C++ kernels, per system."""
+    return [
+        (
+            f"training steps on the C++ kernels, {row['system']} batch {row['frames']}, float32",
+            f"{row['frames'] / row['wall']:.0f} frames/s",
+        )
+        for row in results["training"]
+        if row["kernel"] == "kernels"
+    ]
+
+
 if __name__ == "__main__":
     main()

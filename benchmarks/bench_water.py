@@ -770,6 +770,26 @@ def markdown(summary: Dict[str, Any]) -> str:
     return "\n\n".join(tables)
 
 
+def headline(summary: Dict[str, Any]) -> List:
+    """The README's number: NequIP's time over REANN's for the deployed files through ASE, at
+    the largest size."""
+    ratios = [
+        row
+        for row in summary["speed"]
+        if row["path"] == "deployed" and row["wall_ratio_nequip_over_reann"] is not None
+    ]
+    if not ratios:
+        return []
+    row = max(ratios, key=lambda r: r["atoms"])
+    return [
+        (
+            f"deployed REANN vs NequIP through ASE, {row['atoms']:,} water atoms, {row['dtype']}: "
+            "NequIP's time / REANN's",
+            f"{row['wall_ratio_nequip_over_reann']:.1f}×",
+        )
+    ]
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],

@@ -5,13 +5,14 @@ Every benchmark script writes its results with ``--json PATH``, together with it
 and the machine it ran on (``provenance.py``). This script turns those files into the report: for
 each benchmark, what it measures and how to run it (from the script's own docstring), then for
 each of its result files the command, the machine and the table, made by the script's own
-``markdown`` function. The tables are never edited by hand: run the benchmark again with
-``--json``, then this script.
+``markdown`` function. It also writes the table of headline numbers in the repository's
+``README.md`` (between its ``headline numbers`` markers), from the scripts' ``headline``
+functions. No table is edited by hand: run the benchmark again with ``--json``, then this script.
 
 Example::
 
-    python benchmarks/report.py           # writes benchmarks/README.md
-    python benchmarks/report.py --check   # fails if benchmarks/README.md is not up to date
+    python benchmarks/report.py           # writes benchmarks/README.md and README.md's table
+    python benchmarks/report.py --check   # fails if either is not what the results give
 """
 
 import argparse
@@ -26,6 +27,10 @@ from typing import Dict, List, Optional, Tuple
 BENCHMARKS_DIR = pathlib.Path(__file__).resolve().parent
 RESULTS_DIR = BENCHMARKS_DIR / "results"
 README = BENCHMARKS_DIR / "README.md"
+# the repository's README.md, whose table of headline numbers lies between these lines
+MAIN_README = BENCHMARKS_DIR.parent / "README.md"
+HEADLINE_START = "<!-- headline numbers: written by benchmarks/report.py, do not edit -->"
+HEADLINE_END = "<!-- end of headline numbers -->"
 # the benchmarks, in the report's order: MD and model speed first, then training and data
 BENCHMARKS = (
     "bench_md",
@@ -125,12 +130,16 @@ def machine_line(document: Dict) -> str:
     )
 
 
-def tables(name: str, document: Dict) -> str:
-    """The tables of one result file, by the benchmark's own ``markdown`` function."""
+def _module(name: str):
+    """The benchmark script ``name`` as a module (imported only when it has results)."""
     if str(BENCHMARKS_DIR) not in sys.path:
         sys.path.insert(0, str(BENCHMARKS_DIR))
-    module = importlib.import_module(name)
-    return module.markdown(document if name in WHOLE_DOCUMENT else document["results"])
+    return importlib.import_module(name)
+
+
+def tables(name: str, document: Dict) -> str:
+    """The tables of one result file, by the benchmark's own ``markdown`` function."""
+    return _module(name).markdown(document if name in WHOLE_DOCUMENT else document["results"])
 
 
 def section(name: str, files: List[Tuple[pathlib.Path, Dict]]) -> str:
@@ -172,22 +181,61 @@ def render(results_dir: pathlib.Path = RESULTS_DIR) -> str:
     return "\n".join(parts).rstrip("\n") + "\n"
 
 
+def headline_table(results_dir: pathlib.Path = RESULTS_DIR) -> str:
+    """The table of headline numbers, each row linked to its benchmark's section of the report:
+    the rows of every result file whose script has a ``headline`` function."""
+    results = load_results(results_dir) if results_dir.is_dir() else {}
+    rows = []
+    for name, files in results.items():
+        for _, document in files:
+            module = _module(name)
+            if hasattr(module, "headline"):
+                content = document if name in WHOLE_DOCUMENT else document["results"]
+                for quantity, value in module.headline(content):
+                    link = f"[`{name}`](benchmarks/README.md#{name})"
+                    rows.append(f"| {quantity} | {value} | {link} |")
+    if not rows:
+        return (
+            "No benchmark results are recorded yet: see [benchmarks/README.md]"
+            "(benchmarks/README.md) for how to produce them."
+        )
+    return "\n".join(["| quantity | value | benchmark |", "|---|---|---|", *rows])
+
+
+def with_headline(readme: str, table: str) -> str:
+    """``readme`` with the text between its headline markers replaced by ``table``."""
+    start, end = readme.find(HEADLINE_START), readme.find(HEADLINE_END)
+    if start < 0 or end < start:
+        raise ValueError(f"README.md lacks the lines {HEADLINE_START!r} ... {HEADLINE_END!r}")
+    return readme[: start + len(HEADLINE_START)] + "\n" + table + "\n" + readme[end:]
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=pathlib.Path, default=RESULTS_DIR, help="result files")
     parser.add_argument("--output", type=pathlib.Path, default=README, help="report to write")
     parser.add_argument(
-        "--check", action="store_true", help="write nothing; fail if the report is out of date"
+        "--readme",
+        type=pathlib.Path,
+        default=MAIN_README,
+        help="README whose table of headline numbers to write",
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing; fail if either is out of date"
     )
     args = parser.parse_args(argv)
-    report = render(args.results)
-    if args.check:
-        if not args.output.is_file() or args.output.read_text() != report:
-            print(f"{args.output} is not the report of {args.results}: run benchmarks/report.py")
-            return 1
-        return 0
-    args.output.write_text(report)
-    print(f"wrote {args.output}")
+    expected = {
+        args.output: render(args.results),
+        args.readme: with_headline(args.readme.read_text(), headline_table(args.results)),
+    }
+    for path, text in expected.items():
+        if args.check:
+            if not path.is_file() or path.read_text() != text:
+                print(f"{path} is not what {args.results} gives: run benchmarks/report.py")
+                return 1
+        else:
+            path.write_text(text)
+            print(f"wrote {path}")
     return 0
 
 

@@ -104,7 +104,34 @@ def test_report_refuses_a_file_of_no_known_benchmark(tmp_path, report):
         report.render(tmp_path / "results")
 
 
-def test_benchmarks_readme_is_the_report_of_the_committed_results(report):
-    """Nobody edits the tables by hand: benchmarks/README.md is exactly what report.py makes of
-    benchmarks/results/ (run `python benchmarks/report.py` after adding results)."""
+def test_headline_table_links_each_number_to_its_benchmark(tmp_path, report):
+    run = {"atoms": 12288, "us_per_atom_step": 0.0, "pair_fraction": 0.9, "peak_rss_mb": 600.0}
+    configurations = [
+        {"dtype": dtype, "memory": "keep", "size": size, "ranks": ranks, "mode": mode, "runs": runs}
+        for dtype, size, ranks, mode, runs in (
+            ("float32", 192, 1, "images", [{**run, "us_per_atom_step": 15.0}]),
+            ("float32", 12288, 1, "images", [{**run, "us_per_atom_step": t} for t in (13, 12.5)]),
+            ("float32", 12288, 2, "exchange", [{**run, "us_per_atom_step": 8.0}]),
+        )
+    ]
+    results = {"steps": None, "repeats": 2, "configurations": configurations}
+    write(tmp_path / "results", "bench_md.json", {"benchmark": "bench_md", "results": results})
+
+    assert report.headline_table(tmp_path / "results").splitlines() == [
+        "| quantity | value | benchmark |",
+        "|---|---|---|",
+        "| `pair_style reann` MD, 12,288 water atoms, 1 rank, float32 | 12.5 µs/atom-step "
+        "| [`bench_md`](benchmarks/README.md#bench_md) |",
+    ]
+    readme = f"intro\n{report.HEADLINE_START}\nold table\n{report.HEADLINE_END}\nrest\n"
+    updated = report.with_headline(readme, "new table")
+    assert updated == f"intro\n{report.HEADLINE_START}\nnew table\n{report.HEADLINE_END}\nrest\n"
+
+
+def test_benchmark_report_and_readme_numbers_are_those_of_the_committed_results(report):
+    """Nobody edits the tables by hand: benchmarks/README.md and the headline numbers of
+    README.md are exactly what report.py makes of benchmarks/results/ (run
+    `python benchmarks/report.py` after adding results)."""
     assert (REPO_ROOT / "benchmarks" / "README.md").read_text() == report.render()
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert report.with_headline(readme, report.headline_table()) == readme

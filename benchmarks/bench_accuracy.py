@@ -40,6 +40,7 @@ import time
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
+from provenance import provenance
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared" / "data"
@@ -489,6 +490,39 @@ def format_report(rows: List[dict], args) -> str:
     return "\n".join(lines)
 
 
+def markdown(data: dict) -> str:
+    """The tables of a ``--json`` file (:func:`format_report` of its rows and arguments)."""
+    return format_report(data["rows"], argparse.Namespace(**data["arguments"]))
+
+
+def headline(data: dict) -> list:
+    """The README's numbers: REANN's test force MAE over NequIP's at equal training time, the
+    median over seeds, per data set."""
+    arguments = data["arguments"]
+    if not set(MODELS) <= set(arguments["models"]):
+        return []
+    budget = (
+        f"{arguments['epochs']} epochs"
+        if arguments.get("epochs")
+        else f"{arguments['minutes']} min"
+    )
+    rows = []
+    for name in dict.fromkeys(row["dataset"] for row in data["rows"]):
+        ratios = [
+            row["reann"]["final"]["forces_mae_meV_per_A"]
+            / row["nequip"]["final"]["forces_mae_meV_per_A"]
+            for row in data["rows"]
+            if row["dataset"] == name
+        ]
+        rows.append(
+            (
+                f"test force MAE, REANN / NequIP, {name}, {budget} of training each",
+                f"{float(np.median(ratios)):.2f}",
+            )
+        )
+    return rows
+
+
 def plot_curves(rows: List[dict], args, path: pathlib.Path) -> None:
     import matplotlib
 
@@ -554,7 +588,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         plot_curves(rows, args, pathlib.Path(args.plot))
     if args.json:
         pathlib.Path(args.json).write_text(
-            json.dumps({"arguments": vars(args), "rows": rows}, indent=1)
+            json.dumps(
+                {**provenance(__file__, argv), "arguments": vars(args), "rows": rows}, indent=1
+            )
         )
 
 

@@ -225,6 +225,8 @@ def training_config(
         # they learn per epoch on a busy machine
         trainer.pop("max_time", None)
         trainer["max_epochs"] = args.epochs
+        # the timer max_time adds: the learning curve reads the training time from it
+        trainer["callbacks"].append({"_target_": "lightning.pytorch.callbacks.Timer"})
     else:
         trainer["max_time"] = f"00:{args.minutes // 60:02d}:{args.minutes % 60:02d}:00"
         trainer["max_epochs"] = -1

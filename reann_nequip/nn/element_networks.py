@@ -157,11 +157,11 @@ class ElementNetworks(KernelStage):
     new network outputs zero for every atom. The kernel form has no dropout, so networks with
     dropout keep their torch form.
 
-    The input layer reads the input standardised per element and feature, (x − μ_Z) / σ_Z,
-    with μ and σ fixed buffers (0 and 1 until :meth:`standardize_inputs` sets them from data):
-    REANN's densities are small numbers whose spread differs by orders of magnitude between
-    features, and the first layer's weights would need as many orders of magnitude to read them.
-    The shift and scale enter the input layer's weights and bias, so the kernels never see them.
+    The input layer reads the input shifted and scaled, (x − μ_Z) / σ_Z, with μ (per element and
+    feature) and σ (per element) fixed buffers, 0 and 1 until :meth:`standardize_inputs` sets
+    them from data: REANN's densities are small numbers that vary little between atoms, and a
+    raw input layer would need weights as large as the inverse of that spread. The shift and
+    scale enter the input layer's weights and bias, so the kernels never see them.
 
     Args:
         num_types (int): number of elements

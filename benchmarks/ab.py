@@ -1,20 +1,27 @@
 #!/usr/bin/env python
-"""A/B of two checkouts in one run: a benchmark script of each, alternately, round by round.
+"""A/B of two checkouts, or of two environments, in one run: a benchmark script of each,
+alternately, round by round.
 
 The host's speed drifts between minutes more than between neighbouring runs, so the two builds
 are compared run by run within a round. ``A`` and ``B`` are repository roots, each with its own
 ``.venv`` (``make install``); every round runs ``<root>/.venv/bin/python
 <root>/benchmarks/SCRIPT ARGS`` for A, then for B, and reads the figures each run prints
 (``--metric``: a regular expression with the groups ``label`` and ``value``). The table gives
-every round's B / A and their median.
+every round's B / A and their median. ``--a-env`` / ``--b-env KEY=VALUE`` set environment variables
+for one side: with the same root on both sides they compare, for example, a variant build of the
+kernel library (``LD_LIBRARY_PATH``, which the LAMMPS plugin's run path yields to) or a lower
+instruction-set level (``REANN_NEQUIP_ISA``).
 
 Example (``pair_style reann`` at 12,288 atoms, one rank, float32 and float64)::
 
     python benchmarks/ab.py --a ../baseline --b . --rounds 3 -- \\
         bench_md.py --sizes 12288 --ranks 1 --data ../shared/data/water_deepmd
+    python benchmarks/ab.py --a . --b . --b-env REANN_NEQUIP_ISA=avx2 -- \
+        bench_md.py --sizes 12288 --ranks 1 --dtypes float32
 """
 
 import argparse
+import os
 import pathlib
 import re
 import subprocess
@@ -28,10 +35,14 @@ import numpy as np
 DEFAULT_METRIC = r"round \d+: (?P<label>.+?): (?P<value>[0-9.]+) µs/atom-step"
 
 
-def run(root: pathlib.Path, script: str, args: List[str], metric: re.Pattern) -> Dict[str, float]:
-    """One run of ``script`` in checkout ``root``: its figures by label."""
+def run(
+    root: pathlib.Path, env: Dict[str, str], script: str, args: List[str], metric: re.Pattern
+) -> Dict[str, float]:
+    """One run of ``script`` in checkout ``root`` with ``env`` added: its figures by label."""
     command = [str(root / ".venv" / "bin" / "python"), str(root / "benchmarks" / script), *args]
-    result = subprocess.run(command, cwd=root, capture_output=True, text=True)
+    result = subprocess.run(
+        command, cwd=root, env={**os.environ, **env}, capture_output=True, text=True
+    )
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
     figures = {
@@ -47,6 +58,14 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--a", required=True, type=pathlib.Path, help="checkout A (reference)")
     parser.add_argument("--b", required=True, type=pathlib.Path, help="checkout B (candidate)")
+    for side in ("a", "b"):
+        parser.add_argument(
+            f"--{side}-env",
+            nargs="+",
+            default=[],
+            metavar="KEY=VALUE",
+            help=f"environment variables for {side.upper()}'s runs",
+        )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of A then B (default 3)")
     parser.add_argument("--metric", default=DEFAULT_METRIC, help="regex with label and value")
     parser.add_argument("script", help="the benchmark script, e.g. bench_md.py")
@@ -54,14 +73,17 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     metric = re.compile(args.metric)
     roots = {"A": args.a.resolve(), "B": args.b.resolve()}
+    envs = {"A": environment(parser, args.a_env), "B": environment(parser, args.b_env)}
 
     results: Dict[str, List[Dict[str, float]]] = {"A": [], "B": []}
     for round_index in range(args.rounds):
         for side, root in roots.items():
-            results[side].append(run(root, args.script, args.args, metric))
+            results[side].append(run(root, envs[side], args.script, args.args, metric))
             print(f"round {round_index + 1} {side}: {results[side][-1]}", file=sys.stderr)
 
-    print(f"\nA = {roots['A']}\nB = {roots['B']}\n{args.script} {' '.join(args.args)}\n")
+    for side, root in roots.items():
+        print(f"{side} = {root} {' '.join(f'{k}={v}' for k, v in envs[side].items())}".rstrip())
+    print(f"{args.script} {' '.join(args.args)}\n")
     print("| figure | A by round | B by round | B / A by round | median B / A |")
     print("|---|---|---|---|---|")
     for label in results["A"][0]:
@@ -73,6 +95,13 @@ def main(argv=None) -> None:
             f"{' / '.join(f'{y:.2f}' for y in b)} | {' / '.join(f'{r:.3f}' for r in ratios)} | "
             f"{float(np.median(ratios)):.3f} |"
         )
+
+
+def environment(parser: argparse.ArgumentParser, pairs: List[str]) -> Dict[str, str]:
+    """``KEY=VALUE`` arguments as a dictionary."""
+    if any("=" not in pair for pair in pairs):
+        parser.error(f"environment variables are KEY=VALUE, found {' '.join(pairs)}")
+    return dict(pair.split("=", 1) for pair in pairs)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,57 @@
+"""benchmarks/ab.py: two checkouts or two environments, round by round, B / A per round."""
+
+import os
+import re
+import subprocess
+import sys
+
+from ..utils import REPO_ROOT
+
+# a stand-in benchmark: one figure, the environment's SPEED, in bench_md's progress format
+FAKE_BENCHMARK = """
+import os, sys
+print(f"  round 1: float32 12288 atoms: {os.environ['SPEED']} µs/atom-step", file=sys.stderr)
+"""
+
+
+def checkout(path):
+    """A checkout as ab.py sees one: ``.venv/bin/python`` and ``benchmarks/fake.py``."""
+    (path / ".venv" / "bin").mkdir(parents=True)
+    os.symlink(sys.executable, path / ".venv" / "bin" / "python")
+    (path / "benchmarks").mkdir()
+    (path / "benchmarks" / "fake.py").write_text(FAKE_BENCHMARK)
+    return path
+
+
+def test_ab_gives_each_sides_figures_and_their_ratio_by_round(tmp_path):
+    root = checkout(tmp_path / "checkout")
+    result = subprocess.run(
+        [
+            sys.executable, str(REPO_ROOT / "benchmarks" / "ab.py"),
+            "--a", str(root), "--b", str(root),
+            "--a-env", "SPEED=20",
+            "--b-env", "SPEED=25",
+            "--rounds", "2",
+            "--", "fake.py",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )  # fmt: skip
+    row = re.search(
+        r"^\| float32 12288 atoms \| (.*) \| (.*) \| (.*) \| (.*) \|$", result.stdout, re.M
+    )
+    assert row, result.stdout
+    assert row.groups() == ("20.00 / 20.00", "25.00 / 25.00", "1.250 / 1.250", "1.250")
+    assert "SPEED=25" in result.stdout
+
+
+def test_ab_refuses_an_environment_variable_without_a_value(tmp_path):
+    root = checkout(tmp_path / "checkout")
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "ab.py"), "--a", str(root), "--b",
+         str(root), "--b-env", "SPEED", "--", "fake.py"],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert result.returncode == 2 and "KEY=VALUE" in result.stderr

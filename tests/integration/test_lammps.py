@@ -265,7 +265,7 @@ def _error_of(workdir, result):
         ("corrupt_file", "is not a TorchScript model file"),
         ("stale_kernel", "calls a kernel that this plugin's kernel library lacks"),
         ("not_deployed", "was not written by `nequip-deploy build`"),
-        ("too_few_elements", "needs `* * model.pth` and 2 element names"),
+        ("too_few_elements", "needs `* *`, one or more model files and 2 element names"),
         ("unknown_element", "atom type 2 is `N`, which model"),
         ("wrong_units", "was deployed for `units metal`, the input uses `units real`"),
         ("newton_off", "requires `newton on`"),

@@ -178,7 +178,7 @@ PairREANN::ModelFile PairREANN::load_model(const std::string &path)
       "deploy_format",     "model_kind",  "type_names", "r_max",
       "num_recursions",    "coefficient_size", "interaction_range",
       "model_dtype",       "units",       "reann_nequip_version"};
-  torch::jit::ExtraFilesMap metadata;
+  torch::jit::ExtraFilesMap &metadata = model.metadata;
   for (const auto &key : keys) metadata[key] = "";
   try {
     model.module = torch::jit::load(path, torch::kCPU, metadata);
@@ -213,8 +213,6 @@ PairREANN::ModelFile PairREANN::load_model(const std::string &path)
   model.num_recursions = utils::inumeric(FLERR, metadata["num_recursions"], false, lmp);
   model.coefficient_size = utils::inumeric(FLERR, metadata["coefficient_size"], false, lmp);
   model.interaction_range = utils::numeric(FLERR, metadata["interaction_range"], false, lmp);
-  model.units = metadata["units"];
-  model.dtype = metadata["model_dtype"];
   // what this pair style sizes its lists and messages from: refused unless plausible
   const double r_max = model.r_max;
   const int num_recursions = model.num_recursions;
@@ -233,7 +231,7 @@ PairREANN::ModelFile PairREANN::load_model(const std::string &path)
     utils::logmesg(lmp,
                    "pair_style reann: model {} (reann_nequip {}, {}): r_max {} , {} recursion(s), "
                    "interaction range {}\n",
-                   path, metadata["reann_nequip_version"], model.dtype, r_max, num_recursions,
+                   path, metadata["reann_nequip_version"], metadata["model_dtype"], r_max, num_recursions,
                    model.interaction_range);
   if (metadata["model_dtype"] == "float64" && comm->me == 0) {
     const std::string other_blas = interposed_dgemm();
@@ -351,20 +349,18 @@ void PairREANN::check_committee() const
                  "several model files in pair_coeff; {}", SYNTAX);
     return;
   }
+  // what the models must share, as (metadata key, its name in the message); the same list as
+  // reann_nequip.deploy.committee
+  static const std::pair<const char *, const char *> shared[] = {
+      {"type_names", "elements"}, {"r_max", "cutoff r_max"}, {"num_recursions", "recursions"},
+      {"units", "units"},         {"model_dtype", "dtype"}};
   const ModelFile &first = models.front();
   for (const ModelFile &model : models) {
     std::vector<std::string> differences;
-    auto differ = [&](const char *what, const std::string &in_first, const std::string &in_other) {
-      if (in_first != in_other)
-        differences.push_back(fmt::format("{} `{}` vs `{}`", what, in_first, in_other));
-    };
-    differ("elements", utils::join_words(first.type_names, " "),
-           utils::join_words(model.type_names, " "));
-    differ("cutoff r_max", fmt::format("{}", first.r_max), fmt::format("{}", model.r_max));
-    differ("recursions", std::to_string(first.num_recursions),
-           std::to_string(model.num_recursions));
-    differ("units", first.units, model.units);
-    differ("dtype", first.dtype, model.dtype);
+    for (const auto &[key, name] : shared)
+      if (first.metadata.at(key) != model.metadata.at(key))
+        differences.push_back(
+            fmt::format("{} `{}` vs `{}`", name, first.metadata.at(key), model.metadata.at(key)));
     if (!differences.empty())
       error->all(FLERR,
                  "pair_coeff: committee files `{}` and `{}` differ in {}; the models of a "
@@ -387,9 +383,10 @@ void PairREANN::init_style()
     error->all(FLERR, "pair_style reann requires `newton on` (forces on ghost atoms are sent to "
                       "their owners)");
   if (atom->tag_enable == 0) error->all(FLERR, "pair_style reann requires atom IDs");
-  if (models.front().units != update->unit_style)
+  const std::string &model_units = models.front().metadata.at("units");
+  if (model_units != update->unit_style)
     error->all(FLERR, "pair_style reann: model `{}` was deployed for `units {}`, the input uses "
-               "`units {}`", models.front().path, models.front().units, update->unit_style);
+               "`units {}`", models.front().path, model_units, update->unit_style);
   if (ghost_mode == GhostMode::IMAGES && comm->nprocs > 1)
     error->all(FLERR, "pair_style reann: mode images needs one MPI rank, found {}; use mode "
                "exchange, shell or auto", comm->nprocs);

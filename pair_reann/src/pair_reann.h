@@ -65,7 +65,7 @@ class PairREANN : public Pair {
     int num_recursions;
     int coefficient_size;    // K, values per atom in the exchange
     double interaction_range;    // (T + 1) r_max
-    std::string units, dtype;
+    torch::jit::ExtraFilesMap metadata;    // as written by nequip-deploy build
   };
   // one model on the current graph, float64: energies [nodes], forces [nodes, 3], virial [3, 3]
   struct ModelOutputs {

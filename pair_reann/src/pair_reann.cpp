@@ -501,6 +501,9 @@ int PairREANN::build_graph(GhostMode mode)
                         {x[j][0] - x[owner][0], x[j][1] - x[owner][1], x[j][2] - x[owner][2]});
     }
   }
+  // [2, num_edges]: centres, then neighbours, for every model of the step
+  edge_index.assign(edge_center.begin(), edge_center.end());
+  edge_index.insert(edge_index.end(), edge_neighbor.begin(), edge_neighbor.end());
   return num_local_nodes;
 }
 
@@ -572,8 +575,6 @@ PairREANN::ModelOutputs PairREANN::evaluate(ModelFile &model, GhostMode mode)
 {
   const int64_t num_nodes = static_cast<int64_t>(atom_of_node.size());
   const int64_t num_edges = static_cast<int64_t>(edge_center.size());
-  std::vector<int64_t> edge_index(edge_center);
-  edge_index.insert(edge_index.end(), edge_neighbor.begin(), edge_neighbor.end());
   const auto float64 = torch::TensorOptions().dtype(torch::kFloat64);
   const auto int64 = torch::TensorOptions().dtype(torch::kInt64);
   const torch::Tensor pos = torch::from_blob(node_pos.data(), {num_nodes, 3}, float64);

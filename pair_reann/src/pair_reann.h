@@ -113,7 +113,7 @@ class PairREANN : public Pair {
   std::vector<int> local_of_tag;    // images mode: local index of each atom ID
   std::vector<double> node_pos;
   std::vector<int64_t> node_type;
-  std::vector<int64_t> edge_center, edge_neighbor;
+  std::vector<int64_t> edge_center, edge_neighbor, edge_index;
   std::vector<double> edge_shift;
   int num_counted;                        // nodes whose energies count: the local ones
   // per LAMMPS atom, exchange_width values for forward/reverse comm: K orbital coefficients,

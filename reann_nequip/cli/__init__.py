@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "import": "reann_nequip.cli.import_reann",
     "evaluate": "reann_nequip.cli.evaluate",
     "select": "reann_nequip.cli.select",
+    "train-committee": "reann_nequip.cli.train_committee",
 }
 
 

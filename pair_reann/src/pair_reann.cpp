@@ -343,12 +343,7 @@ void PairREANN::coeff(int narg, char **arg)
 // files and every difference
 void PairREANN::check_committee() const
 {
-  if (models.size() == 1) {
-    if (deviation_options_given)
-      error->all(FLERR, "pair_style reann: out_freq, out_file and potential need a committee: "
-                 "several model files in pair_coeff; {}", SYNTAX);
-    return;
-  }
+  if (models.size() == 1) return;
   // what the models must share, as (metadata key, its name in the message); the same list as
   // reann_nequip.deploy.committee
   static const std::pair<const char *, const char *> shared[] = {
@@ -383,6 +378,9 @@ void PairREANN::init_style()
     error->all(FLERR, "pair_style reann requires `newton on` (forces on ghost atoms are sent to "
                       "their owners)");
   if (atom->tag_enable == 0) error->all(FLERR, "pair_style reann requires atom IDs");
+  if (models.size() == 1 && deviation_options_given)
+    error->all(FLERR, "pair_style reann: out_freq, out_file and potential need a committee: "
+               "several model files in pair_coeff; {}", SYNTAX);
   const std::string &model_units = models.front().metadata.at("units");
   if (model_units != update->unit_style)
     error->all(FLERR, "pair_style reann: model `{}` was deployed for `units {}`, the input uses "

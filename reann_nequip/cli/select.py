@@ -120,11 +120,7 @@ def read_trajectory(path: str, elements: Optional[List[str]]) -> List:
             f"the LAMMPS dump `{path}` has the columns {' '.join(columns)}; selecting frames "
             "needs id and positions (x y z or xu yu zu)"
         )
-    frames = ase.io.read(path, ":", format="lammps-dump-text", specorder=elements)
-    # dumped model forces (fx fy fz) are not labels: drop them
-    for atoms in frames:
-        atoms.calc = None
-    return frames
+    return ase.io.read(path, ":", format="lammps-dump-text", specorder=elements)
 
 
 def committee_deviation(frames: List, models: List[str]) -> np.ndarray:
@@ -167,6 +163,7 @@ def file_deviation(frames: List, path: str) -> np.ndarray:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ase import Atoms
     from ase.io import write
 
     try:
@@ -176,24 +173,29 @@ def run(args: argparse.Namespace) -> int:
             )
         if args.max_frames < 1:
             raise ValueError(f"--max-frames must be >= 1, found {args.max_frames}")
-        inputs = [args.trajectory, args.deviation, *(args.committee or [])]
-        check_output_path(args.output, inputs=[path for path in inputs if path])
+        inputs = [
+            path for path in (args.trajectory, args.deviation, *(args.committee or [])) if path
+        ]
+        check_output_path(args.output, inputs=inputs)
         frames = read_trajectory(args.trajectory, args.elements)
         if args.committee:
             deviation = committee_deviation(frames, args.committee)
         else:
             deviation = file_deviation(frames, args.deviation)
         selected, below, inside, above = select_frames(deviation, args.lo, args.hi, args.max_frames)
+        # geometry only: the frame's position in the run and its deviation as info
         chosen = []
         for index in selected:
-            atoms = frames[index].copy()
-            atoms.info = {
+            frame = frames[index]
+            info = {
                 "frame": int(index),
-                "step": int(frames[index].info.get("timestep", index)),
+                "step": int(frame.info.get("timestep", index)),
                 "max_devi_f": float(deviation[index]),
             }
-            chosen.append(atoms)
-        with atomic_output(args.output, inputs=[path for path in inputs if path]) as stream:
+            chosen.append(
+                Atoms(frame.numbers, frame.positions, cell=frame.cell, pbc=frame.pbc, info=info)
+            )
+        with atomic_output(args.output, inputs=inputs) as stream:
             write(stream, chosen, format="extxyz")
     except (OSError, ValueError, OutputPathError) as error:
         print(f"reann-nequip select: error: {error}", file=sys.stderr)

@@ -11,9 +11,9 @@ PLUGIN := $(VENV)/lib/reann-nequip/lammps-plugins/reannplugin.so
 TORCH_VERSION := 2.13.0
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install demo test test-fast lint format benchmark clean
+.PHONY: install demo test test-fast lint docs format benchmark clean
 
-## install: venv, torch (CPU), the package (building its C++ kernels) with its test/PyG/LAMMPS
+## install: venv, torch (CPU), the package (building its C++ kernels) with its test/PyG/LAMMPS/docs
 ## extras, the pair_reann plugin
 install: $(STAMP) $(LIBRARY) $(PLUGIN)
 
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip "setuptools>=77" wheel
 	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/pip install --quiet --no-build-isolation -e ".[test,pyg,lammps]"
+	$(BIN)/pip install --quiet --no-build-isolation -e ".[test,pyg,lammps,docs]"
 	touch $@
 
 # after an edit of the C++ sources: recompile what changed
@@ -37,8 +37,8 @@ $(PLUGIN): $(LIBRARY) pair_reann/CMakeLists.txt $(wildcard pair_reann/src/*)
 demo: install
 	nequip-train configs/reann_ch4.yaml hydra.run.dir=outputs/demo/$$(date +%Y%m%d-%H%M%S)
 
-## test: lint, then every test (slow integration tests included)
-test: lint
+## test: lint, the documentation, then every test (slow integration tests included)
+test: lint docs
 	$(BIN)/python -m pytest -ra --durations=25
 
 ## test-fast: the tests without the slow integration runs
@@ -50,6 +50,11 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/yamllint --strict configs tests/configs .yamllint
 
+## docs: the documentation site into docs/_build/html; any warning (a broken reference, a
+## docstring Sphinx cannot read) fails the build
+docs: install
+	$(BIN)/sphinx-build -W --keep-going -n -q -b html docs docs/_build/html
+
 format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
@@ -59,4 +64,4 @@ benchmark: install
 	$(BIN)/python benchmarks/bench_water.py --data ../shared/data/water_deepmd
 
 clean:
-	rm -rf $(VENV) outputs build reann_nequip/lib
+	rm -rf $(VENV) outputs build reann_nequip/lib docs/_build

@@ -40,6 +40,7 @@ import time
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
+from provenance import provenance
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared" / "data"
@@ -198,12 +199,14 @@ def training_config(
 ) -> dict:
     """The nequip-train config of ``model`` on ``dataset``: REANN's recommended config with the
     data set's files, elements and cutoff; for NequIP, the same with NequIP's model and optimiser."""
+    import yaml
     from omegaconf import OmegaConf
 
     config = OmegaConf.load(REPO_ROOT / "configs" / f"{args.reann_config or dataset.config}.yaml")
     for override in args.reann_overrides if model == "reann" else []:
         key, value = override.split("=", 1)
-        OmegaConf.update(config, key, OmegaConf.create({"v": value})["v"] if value else value)
+        # values as YAML: numbers, lists and booleans keep their types
+        OmegaConf.update(config, key, yaml.safe_load(value), force_add=True)
     config = OmegaConf.to_container(config)
     config.update(
         seed=seed,
@@ -217,8 +220,16 @@ def training_config(
     )
     config["data"].pop("exclude_keys", None)
     trainer = config["trainer"]
-    trainer["max_time"] = f"00:{args.minutes // 60:02d}:{args.minutes % 60:02d}:00"
-    trainer["max_epochs"] = -1
+    if args.epochs:
+        # a fixed amount of training, whatever the host's speed: for comparing settings by what
+        # they learn per epoch on a busy machine
+        trainer.pop("max_time", None)
+        trainer["max_epochs"] = args.epochs
+        # the timer max_time adds: the learning curve reads the training time from it
+        trainer["callbacks"].append({"_target_": "lightning.pytorch.callbacks.Timer"})
+    else:
+        trainer["max_time"] = f"00:{args.minutes // 60:02d}:{args.minutes % 60:02d}:00"
+        trainer["max_epochs"] = -1
     # checkpoints for the learning curve, every few seconds of training
     trainer["callbacks"].append(
         {
@@ -442,8 +453,9 @@ def run_dataset(name: str, args, workdir: pathlib.Path) -> List[dict]:
 
 
 def format_report(rows: List[dict], args) -> str:
+    budget = f"{args.epochs} epochs" if args.epochs else f"{args.minutes} min"
     lines = [
-        f"Each model {args.minutes} min of nequip-train on {args.threads} threads; test errors of "
+        f"Each model {budget} of nequip-train on {args.threads} threads; test errors of "
         "the best (validation) checkpoint, EMA weights.",
         "",
         "| data | seed | model | energy MAE (meV) | energy RMSE (meV) | force MAE (meV/Å) | "
@@ -480,6 +492,39 @@ def format_report(rows: List[dict], args) -> str:
     return "\n".join(lines)
 
 
+def markdown(data: dict) -> str:
+    """The tables of a ``--json`` file (:func:`format_report` of its rows and arguments)."""
+    return format_report(data["rows"], argparse.Namespace(**data["arguments"]))
+
+
+def headline(data: dict) -> list:
+    """The README's numbers: REANN's test force MAE over NequIP's at equal training time, the
+    median over seeds, per data set."""
+    arguments = data["arguments"]
+    if not set(MODELS) <= set(arguments["models"]):
+        return []
+    budget = (
+        f"{arguments['epochs']} epochs"
+        if arguments.get("epochs")
+        else f"{arguments['minutes']} min"
+    )
+    rows = []
+    for name in dict.fromkeys(row["dataset"] for row in data["rows"]):
+        ratios = [
+            row["reann"]["final"]["forces_mae_meV_per_A"]
+            / row["nequip"]["final"]["forces_mae_meV_per_A"]
+            for row in data["rows"]
+            if row["dataset"] == name
+        ]
+        rows.append(
+            (
+                f"test force MAE, REANN / NequIP, {name}, {budget} of training each",
+                f"{float(np.median(ratios)):.2f}",
+            )
+        )
+    return rows
+
+
 def plot_curves(rows: List[dict], args, path: pathlib.Path) -> None:
     import matplotlib
 
@@ -514,6 +559,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--datasets", nargs="+", default=["ch4"], choices=list(DATASETS))
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--minutes", type=int, default=15, help="training budget per model")
+    parser.add_argument(
+        "--epochs", type=int, help="train this many epochs instead of --minutes (ablations)"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
     parser.add_argument("--threads", type=int, default=2, help="torch/OpenMP threads")
     parser.add_argument("--curve-seconds", type=int, default=60, help="checkpoint interval")
@@ -542,7 +590,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         plot_curves(rows, args, pathlib.Path(args.plot))
     if args.json:
         pathlib.Path(args.json).write_text(
-            json.dumps({"arguments": vars(args), "rows": rows}, indent=1)
+            json.dumps(
+                {**provenance(__file__, argv), "arguments": vars(args), "rows": rows}, indent=1
+            )
         )
 
 

@@ -26,6 +26,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 from bench_md import REPLICAS, deploy_default_models, water_frame
+from provenance import write_json
 
 NEIGHBOR_LISTS = ("reann", "vesin")
 # the random-weight model has no repulsion: a cool start and few steps keep atoms apart
@@ -89,6 +90,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[192, 1536], choices=[192, 1536])
     parser.add_argument("--neighbor-lists", nargs="+", default=list(NEIGHBOR_LISTS))
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every configuration")
+    parser.add_argument("--json", metavar="PATH", help="also write the results to PATH")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -119,19 +121,40 @@ def main(argv: Optional[List[str]] = None) -> None:
                         file=sys.stderr,
                         flush=True,
                     )
+    results = {
+        "rounds": args.rounds,
+        "runs": [
+            {"atoms": size, "neighbor_list": neighbor_list, "us_per_atom_step": values}
+            for (size, neighbor_list), values in runs.items()
+        ],
+    }
     print(
         f"\nASE velocity Verlet with ReannCalculator, bulk water, float32, "
         f"{platform.processor() or platform.machine()}, 1 torch thread, {args.rounds} round(s)\n"
     )
-    print("| atoms | neighbour list | µs/atom-step (best) | runs | vesin / reann, same round |")
-    print("|---|---|---|---|---|")
+    print(markdown(results))
+    if args.json:
+        write_json(args.json, __file__, results, argv)
+
+
+def markdown(results: Dict) -> str:
+    """The table of a ``--json`` file's ``results``: every size and neighbour list's best and
+    runs, and vesin / reann round by round."""
+    runs = {
+        (run["atoms"], run["neighbor_list"]): run["us_per_atom_step"] for run in results["runs"]
+    }
+    lines = [
+        "| atoms | neighbour list | µs/atom-step (best) | runs | vesin / reann, same round |",
+        "|---|---|---|---|---|",
+    ]
     for (size, neighbor_list), values in runs.items():
         ratio = ""
         if neighbor_list == "vesin" and (size, "reann") in runs:
             ratios = [v / r for v, r in zip(values, runs[(size, "reann")])]
             ratio = " / ".join(f"{x:.2f}" for x in ratios) + f" (median {np.median(ratios):.2f})"
         runs_text = " / ".join(f"{v:.1f}" for v in values)
-        print(f"| {size} | {neighbor_list} | {min(values):.1f} | {runs_text} | {ratio} |")
+        lines.append(f"| {size} | {neighbor_list} | {min(values):.1f} | {runs_text} | {ratio} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ print the test errors on the last 191 frames.
 
 The training budget is Lightning's ``max_time`` (data loading, statistics and the test pass come
 on top); the test uses the best (EMA) checkpoint. REANN's schedule ends a run earlier only if the
-learning rate reaches ``end_lr``. See ``benchmarks/README.md``.
+learning rate reaches ``end_lr``.
 
 Example::
 
@@ -17,11 +17,13 @@ import csv
 import math
 import os
 import pathlib
-import platform
 import re
 import subprocess
 import sys
 import time
+from typing import Dict, List, Optional
+
+from provenance import write_json
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = REPO_ROOT / "configs" / "reann_co2_ni100.yaml"
@@ -59,7 +61,7 @@ def error_log_epochs(nn_err: pathlib.Path) -> list:
     ]
 
 
-def main() -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, required=True, help="training wall-clock budget")
     parser.add_argument(
@@ -68,7 +70,8 @@ def main() -> int:
         default=None,
         help="nequip-train output directory (default outputs/bench_co2_ni100/<time>)",
     )
-    args = parser.parse_args()
+    parser.add_argument("--json", metavar="PATH", help="also write the results to PATH")
+    args = parser.parse_args(argv)
     if not args.minutes > 0:
         parser.error(f"--minutes must be > 0, found {args.minutes}")
     if not DATA.is_file():
@@ -99,29 +102,44 @@ def main() -> int:
 
     metrics = last_metrics(next(run_dir.glob("metrics/version_*/metrics.csv")))
     epochs = error_log_epochs(run_dir / "nn.err")
-    rows = [
-        ("training budget (min)", f"{args.minutes:g}"),
-        ("wall time, all stages (min)", f"{wall / 60:.1f}"),
-        ("epochs trained", f"{len(epochs)}"),
-        ("learning rate of the last epoch", f"{epochs[-1][1]:.3e}" if epochs else "-"),
-    ]
+    test_errors = {}
     for label, key in TEST_METRICS.items():
         value = float(metrics[key])
-        rows.append((f"test {label}", f"{value:.2f}" if math.isfinite(value) else str(value)))
-    rows += [
-        ("CPU cores visible", str(os.cpu_count())),
-        ("load average before / after", f"{load_before:.2f} / {os.getloadavg()[0]:.2f}"),
-        ("torch threads", os.environ.get("OMP_NUM_THREADS", "default")),
-        ("machine", f"{platform.machine()} {platform.processor() or ''}".strip()),
-    ]
-
-    width = max(len(label) for label, _ in rows)
+        test_errors[label] = value if math.isfinite(value) else str(value)
+    results = {
+        "minutes": args.minutes,
+        "wall_minutes": wall / 60,
+        "epochs": len(epochs),
+        "last_learning_rate": epochs[-1][1] if epochs else None,
+        "test": test_errors,
+        "load_average": [load_before, os.getloadavg()[0]],
+        "threads": os.environ.get("OMP_NUM_THREADS", "default"),
+    }
     print(f"\nREANN on CO2/Ni(100): 720 train / 80 val / 191 test frames, run in {run_dir}")
-    print(f"{'quantity':<{width}}  value")
-    print(f"{'-' * width}  {'-' * 12}")
-    for label, value in rows:
-        print(f"{label:<{width}}  {value}")
+    print(markdown(results))
+    if args.json:
+        write_json(args.json, __file__, results, argv)
     return 0
+
+
+def markdown(results: Dict) -> str:
+    """The table of a ``--json`` file's ``results``."""
+    rate = results["last_learning_rate"]
+    rows = [
+        ("training budget (min)", f"{results['minutes']:g}"),
+        ("wall time, all stages (min)", f"{results['wall_minutes']:.1f}"),
+        ("epochs trained", f"{results['epochs']}"),
+        ("learning rate of the last epoch", "-" if rate is None else f"{rate:.3e}"),
+    ]
+    for label, value in results["test"].items():
+        rows.append((f"test {label}", f"{value:.2f}" if isinstance(value, float) else value))
+    rows += [
+        ("load average before / after", " / ".join(f"{x:.2f}" for x in results["load_average"])),
+        ("torch threads", str(results["threads"])),
+    ]
+    lines = ["| quantity | value |", "|---|---|"]
+    lines += [f"| {label} | {value} |" for label, value in rows]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

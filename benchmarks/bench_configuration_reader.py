@@ -21,8 +21,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Dict, List, Optional
 
 import numpy as np
+from provenance import write_json
 
 NUM_ATOMS = 39
 
@@ -71,7 +73,7 @@ def worker(mode: str, path: str, keep: int) -> None:
     print(f"{frames} {seconds:.3f} {peak_mib:.1f}")
 
 
-def main() -> None:
+def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-frames", type=int, default=100_000)
     parser.add_argument("--keep", type=int, default=1000, help="frames the dataset keeps")
@@ -79,7 +81,8 @@ def main() -> None:
     parser.add_argument(
         "--worker", nargs=3, metavar=("MODE", "PATH", "KEEP"), help=argparse.SUPPRESS
     )
-    args = parser.parse_args()
+    parser.add_argument("--json", metavar="PATH", help="also write the results to PATH")
+    args = parser.parse_args(argv)
     if args.worker:
         worker(args.worker[0], args.worker[1], int(args.worker[2]))
         return
@@ -93,16 +96,13 @@ def main() -> None:
             f"wrote {args.num_frames} frames of {NUM_ATOMS} atoms, {size_mib:.0f} MiB, in "
             f"{time.perf_counter() - start:.0f} s"
         )
-        rows = [
+        readers = [
             ("python + imports", "imports"),
             ("iter_configuration (keeps none)", "stream"),
             (f"ReannConfigurationDataset (keeps {args.keep})", "dataset"),
         ]
-        print(
-            f"| {'reader':<42} | {'frames read':>11} | {'time (s)':>8} | {'peak RSS (MiB)':>14} |"
-        )
-        print(f"|{'-' * 44}|{'-' * 13}|{'-' * 10}|{'-' * 16}|")
-        for label, mode in rows:
+        rows = []
+        for label, mode in readers:
             output = subprocess.run(
                 [sys.executable, __file__, "--worker", mode, path, str(args.keep)],
                 check=True,
@@ -114,7 +114,35 @@ def main() -> None:
             if kept != min(expected, args.num_frames):
                 raise RuntimeError(f"{label}: {kept} frames, expected {expected}")
             parsed = 0 if mode == "imports" else args.num_frames
-            print(f"| {label:<42} | {parsed:>11} | {seconds:>8.1f} | {peak:>14.1f} |")
+            rows.append(
+                {"reader": label, "frames_read": parsed, "seconds": seconds, "peak_rss_mib": peak}
+            )
+    results = {
+        "num_frames": args.num_frames,
+        "atoms_per_frame": NUM_ATOMS,
+        "file_mib": size_mib,
+        "rows": rows,
+    }
+    print(markdown(results))
+    if args.json:
+        write_json(args.json, __file__, results, argv)
+
+
+def markdown(results: Dict) -> str:
+    """The table of a ``--json`` file's ``results``."""
+    lines = [
+        f"{results['num_frames']} frames of {results['atoms_per_frame']} atoms with forces, "
+        f"{results['file_mib']:.0f} MiB",
+        "",
+        "| reader | frames read | time (s) | peak RSS (MiB) |",
+        "|---|---:|---:|---:|",
+    ]
+    for row in results["rows"]:
+        lines.append(
+            f"| {row['reader']} | {row['frames_read']} | {row['seconds']:.1f} "
+            f"| {row['peak_rss_mib']:.1f} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

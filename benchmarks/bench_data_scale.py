@@ -12,7 +12,7 @@ Before the first step nequip reads the training and validation sets, computes th
 statistics (one pass over every training frame, neighbour lists included), reads both sets again
 for the fit and runs the sanity validation. The peak resident memory of the training process is
 ``ru_maxrss`` of a fresh watcher process's children; Lightning's simple profiler times the
-training loop. See ``benchmarks/README.md``.
+training loop.
 
 Example::
 
@@ -33,6 +33,7 @@ from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 from bench_md import run_with_peak_rss
+from provenance import write_json
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = REPO_ROOT / "configs" / "reann_co2_ni100.yaml"
@@ -130,6 +131,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument(
         "--keep-dir", type=pathlib.Path, default=None, help="keep the files and runs here"
     )
+    parser.add_argument("--json", metavar="PATH", help="also write the results to PATH")
     args = parser.parse_args(argv)
     if not DATA.is_file():
         raise SystemExit(f"error: {DATA} not found (the shared data folder next to the repository)")
@@ -160,25 +162,42 @@ def main(argv: Optional[List[str]] = None) -> None:
                 data_file.unlink()  # free the disk space for the next file now
     load_after = os.getloadavg()[0]
 
+    results = {
+        "val_frames": args.val_frames,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+        "load_average": [load_before, load_after],
+        "rows": rows,
+    }
     print(
-        f"\nnequip-train configs/reann_co2_ni100.yaml, all frames but the last {args.val_frames} "
-        f"training, {args.steps} steps of {args.batch_size} frames; {platform.machine()}, "
-        f"{os.cpu_count()} cores, OMP_NUM_THREADS={args.threads}, load average "
-        f"{load_before:.2f} -> {load_after:.2f}\n"
+        f"\nnequip-train configs/reann_co2_ni100.yaml; {platform.machine()}, {os.cpu_count()} "
+        f"cores, load average {load_before:.2f} -> {load_after:.2f}\n"
     )
-    print(
+    print(markdown(results))
+    if args.json:
+        write_json(args.json, __file__, results, argv)
+
+
+def markdown(results: Dict) -> str:
+    """The table of a ``--json`` file's ``results``."""
+    lines = [
+        f"All frames but the last {results['val_frames']} train, {results['steps']} steps of "
+        f"{results['batch_size']} frames, OMP_NUM_THREADS={results['threads']}",
+        "",
         "| frames | file (MiB) | setup (s) | setup frames/s | peak RSS (MiB) | s/step "
-        "| train frames/s |"
-    )
-    print("|" + "---:|" * 7)
-    for row in rows:
+        "| train frames/s |",
+        "|" + "---:|" * 7,
+    ]
+    for row in results["rows"]:
         setup_s = row["wall_s"] - row["loop_s"]
-        print(
+        lines.append(
             f"| {row['frames']} | {row['size_mib']:.0f} | {setup_s:.0f} "
-            f"| {(row['frames'] - args.val_frames) / setup_s:.0f} | {row['peak_rss_mib']:.0f} "
-            f"| {row['step_s'] / row['steps']:.2f} "
-            f"| {row['steps'] * args.batch_size / row['loop_s']:.1f} |"
+            f"| {(row['frames'] - results['val_frames']) / setup_s:.0f} "
+            f"| {row['peak_rss_mib']:.0f} | {row['step_s'] / row['steps']:.2f} "
+            f"| {row['steps'] * results['batch_size'] / row['loop_s']:.1f} |"
         )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,15 @@ The default REANN model of the benchmarks (r_max 5 Å, 8 Gaussians, l_max 2, 108
 3 recursions, hidden widths 64 64; random weights — speed does not depend on training) is deployed in
 float32 and float64 and run by the venv's ``lmp`` (NVE, one torch thread per rank) on the first frame
 of ``water_deepmd`` replicated to each requested size. Each run is its own process; peak memory is the
-largest resident set of one LAMMPS rank. On one rank a committee of ``--committee`` models (the default
-model and others with other random weights) runs in the same round as the default model alone, with
-its model deviation written every step (``out_freq 1``: every model runs every step); a second table
-gives its cost relative to one model, round by round. See ``benchmarks/README.md``.
+largest resident set of one LAMMPS rank. The time is LAMMPS' loop time of the timed run (after a
+3-step warm-up that loads the kernels and fills the block cache) per step and atom. On several
+ranks, ``exchange`` and ``shell`` modes are both timed (``shell`` up to 1,536 atoms). With
+``--repeats N`` every configuration runs N times, in rounds: the table gives the best and every
+run, and a second table float64 / float32 of the same round, since the machine's speed drifts
+more between rounds than between neighbouring runs. On one rank a committee of ``--committee``
+models (the default model and others with other random weights) runs in the same round as the
+default model alone, with its model deviation written every step (``out_freq 1``: every model
+runs every step); a third table gives its cost relative to one model, round by round.
 
 Example::
 
@@ -30,6 +35,7 @@ import tempfile
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
+from provenance import write_json
 
 BIN = pathlib.Path(sys.executable).parent
 TYPE_NAMES = ["O", "H"]
@@ -50,6 +56,8 @@ SHELL_MAX_ATOMS = 1536
 # the benchmark model has random weights and no repulsion: at 300 K atoms move ballistically and
 # two of them come closer than pair_reann's 0.1 Å guard after ~100 fs; 40 steps (20 fs) stay clear
 MAX_STEPS = 40
+# what one configuration of runs is, in the order of the keys of main's `runs`
+CONFIGURATION_KEYS = ("dtype", "memory", "size", "ranks", "mode", "models")
 
 
 def water_frame(data_root: str):
@@ -239,6 +247,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         help="models of the committee run next to one model on one rank, deviation every step "
         "(default 4; 1 or 0: no committee runs)",
     )
+    parser.add_argument("--json", metavar="PATH", help="also write the results to PATH")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, found {args.repeats}")
@@ -291,17 +300,59 @@ def main(argv: Optional[List[str]] = None) -> None:
                     flush=True,
                 )
 
+    results = {
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "configurations": [
+            dict(zip(CONFIGURATION_KEYS, configuration), runs=rows)
+            for configuration, rows in runs.items()
+        ],
+    }
     print(
         f"\npair_style reann, bulk water, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, 1 torch thread per rank, {args.repeats} run(s) of each\n"
     )
-    print(format_runs_table(runs, args.steps))
-    ratios = format_dtype_ratio_table(runs)
-    if ratios:
-        print(f"\n{ratios}")
-    committee = format_committee_table(runs)
-    if committee:
-        print(f"\n{committee}")
+    print(markdown(results))
+    if args.json:
+        write_json(args.json, __file__, results, argv)
+
+
+def markdown(results: Dict) -> str:
+    """The tables of a ``--json`` file's ``results``: every configuration's runs, and float64 /
+    float32 when both dtypes ran, and committee / one model when a committee ran."""
+    runs = {
+        tuple(entry[key] for key in CONFIGURATION_KEYS): entry["runs"]
+        for entry in results["configurations"]
+    }
+    tables = [
+        format_runs_table(runs, results["steps"]),
+        format_dtype_ratio_table(runs),
+        format_committee_table(runs),
+    ]
+    return "\n\n".join(table for table in tables if table)
+
+
+def headline(results: Dict) -> List[Tuple[str, str]]:
+    """The README's numbers: one rank, default memory policy, the largest box, per dtype."""
+    rows = []
+    for dtype in ("float32", "float64"):
+        entries = [
+            entry
+            for entry in results["configurations"]
+            if entry["dtype"] == dtype
+            and entry["ranks"] == 1
+            and entry["memory"] == "keep"
+            and entry["models"] == 1
+        ]
+        if entries:
+            entry = max(entries, key=lambda e: e["size"])
+            rows.append(
+                (
+                    f"`pair_style reann` MD, {entry['size']:,} water atoms, 1 rank, {dtype}",
+                    f"{best(entry['runs']):.1f} µs/atom-step",
+                )
+            )
+    return rows
 
 
 def mode_label(mode: str, num_models: int) -> str:

@@ -13,8 +13,9 @@ process (one torch thread) so that its peak resident memory is its own:
   192-atom water frames, on the C++ kernels (``cpu_kernels: true``) and with torch operations
   (``cpu_kernels: false``).
 
-Achieved GFLOP/s divide the model's arithmetic (see :func:`model_flops_per_atom`) by the time.
-See ``benchmarks/README.md``.
+Times are medians of wall-clock (and process CPU) times per call after warm-up calls. Achieved
+GFLOP/s divide the model's arithmetic (``model_flops_per_atom``: multiply-adds of the neighbour
+sums, the mixing and the element networks, the same for every implementation) by the time.
 
 Example::
 
@@ -36,6 +37,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 from bench_md import REPLICAS, deploy_default_models, water_frame
+from provenance import write_json
 
 R_MAX = 5.0
 NUM_GAUSSIANS, L_MAX, NUM_RECURSIONS, HIDDEN = 8, 2, 3, [64, 64]
@@ -256,6 +258,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls")
     parser.add_argument("--min-repeats", type=int, default=3, help="timed calls, at least")
     parser.add_argument("--time-limit", type=float, default=10.0, help="timed seconds, at least")
+    parser.add_argument("--json", metavar="PATH", help="also write the results to PATH")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -298,38 +301,66 @@ def main(argv: Optional[List[str]] = None) -> None:
                     flush=True,
                 )
 
+    load_end = os.getloadavg()[0]
+    results = {"load_average": [load, load_end], "deployed": deployed, "training": training}
     print(
         f"\nREANN model speed, {platform.processor() or platform.machine()}, {os.cpu_count()} "
-        f"cores, 1 torch thread, load average {load:.1f} at start → {os.getloadavg()[0]:.1f}\n"
+        f"cores, 1 torch thread, load average {load:.1f} at start → {load_end:.1f}\n"
     )
-    print("Deployed file (energy + forces + virial), bulk water; times are medians per call")
-    print("| dtype | atoms | µs/atom-step | CPU µs/atom-step | GFLOP/s | peak RSS (MB) |")
-    print("|---|---|---|---|---|---|")
-    for row in deployed:
+    print(markdown(results))
+    if args.json:
+        write_json(args.json, __file__, results, argv)
+
+
+def markdown(results: Dict) -> str:
+    """The tables of a ``--json`` file's ``results``: the deployed file, and training steps
+    when they ran."""
+    lines = [
+        "Deployed file (energy + forces + virial), bulk water; times are medians per call",
+        "",
+        "| dtype | atoms | µs/atom-step | CPU µs/atom-step | GFLOP/s | peak RSS (MB) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in results["deployed"]:
         per_atom = row["wall"] / row["atoms"]
-        print(
+        lines.append(
             f"| {row['dtype']} | {row['atoms']} | {1e6 * per_atom:.1f} | "
             f"{1e6 * row['cpu'] / row['atoms']:.1f} | {1e-9 * row['flops_per_atom'] / per_atom:.2f} "
             f"| {row['peak_rss_mb']:.0f} |"
         )
-    if training:
-        print("\nTraining step (float32; forward, forces, energy + force MSE, backward, Adam)")
-        print(
-            "| frames | form | batch | atoms | ms/step | frames/s | GFLOP/s "
-            "| peak RSS (MB) |"
-        )
-        print("|---|---|---|---|---|---|---|---|")
-        for row in training:
-            print(
-                f"| {row['system']} | {row['kernel']} | {row['frames']} | {row['atoms']} | {1e3 * row['wall']:.0f} "
-                f"| {row['frames'] / row['wall']:.1f} "
+    if results["training"]:
+        lines += [
+            "",
+            "Training step (float32; forward, forces, energy + force MSE, backward, Adam)",
+            "",
+            "| frames | form | batch | atoms | ms/step | frames/s | GFLOP/s | peak RSS (MB) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for row in results["training"]:
+            lines.append(
+                f"| {row['system']} | {row['kernel']} | {row['frames']} | {row['atoms']} "
+                f"| {1e3 * row['wall']:.0f} | {row['frames'] / row['wall']:.1f} "
                 f"| {1e-9 * row['flops_per_atom'] * row['atoms'] / row['wall']:.2f} "
                 f"| {row['peak_rss_mb']:.0f} |"
             )
-    print(
-        "\nGFLOP/s: the model's multiply-adds (neighbour sums, mixing, element networks; "
-        "backward = 2 × forward; training 3 × that) per time; see model_flops_per_atom."
-    )
+    lines += [
+        "",
+        "GFLOP/s: the model's multiply-adds (neighbour sums, mixing, element networks; "
+        "backward = 2 × forward; training 3 × that) per time; see model_flops_per_atom.",
+    ]
+    return "\n".join(lines)
+
+
+def headline(results: Dict) -> List:
+    """The README's numbers: training throughput on the C++ kernels, per system."""
+    return [
+        (
+            f"training steps on the C++ kernels, {row['system']} batch {row['frames']}, float32",
+            f"{row['frames'] / row['wall']:.0f} frames/s",
+        )
+        for row in results["training"]
+        if row["kernel"] == "kernels"
+    ]
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ transform every ``configs/*.yaml`` applies to each frame it trains on, so the ti
 nequip's conversions around the backend call. Systems: CH4 molecules (``examples/ch4``, no cell),
 the 39-atom periodic CO2/Ni(100) slab frames, and bulk water of 192 atoms and of 1,536 atoms (the
 192-atom box repeated 2 × 2 × 2). Every backend's edges (pair and periodic shift) are checked
-against matscipy's, frame by frame. See ``benchmarks/README.md``.
+against matscipy's, frame by frame.
 
 Example::
 
@@ -25,6 +25,7 @@ import time
 from typing import Dict, List, Optional, Set, Tuple
 
 import numpy as np
+from provenance import write_json
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared" / "data"
@@ -142,6 +143,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument(
         "--min-time", type=float, default=0.5, help="CPU seconds of timed passes per backend"
     )
+    parser.add_argument("--json", metavar="PATH", help="also write the results to PATH")
     args = parser.parse_args(argv)
     for path in (CO2_NI100, WATER):
         if not path.exists():
@@ -168,22 +170,51 @@ def main(argv: Optional[List[str]] = None) -> None:
                     f"{r_max} Å, frames {differing[:5]}"
                 )
         edges = statistics.mean(len(e) for e in reference)
-        rows.append((system, r_max, edges, {b: r["us_per_frame"] for b, r in results.items()}))
+        rows.append(
+            {
+                "system": system,
+                "r_max": r_max,
+                "edges": edges,
+                "us_per_frame": {b: r["us_per_frame"] for b, r in results.items()},
+            }
+        )
         print(f"  {system}, r_max {r_max} Å done", file=sys.stderr, flush=True)
 
+    load_after = os.getloadavg()[0]
+    results = {
+        "backends": backends,
+        "not_installed": missing,
+        "load_average": [load_before, load_after],
+        "rows": rows,
+    }
     print(
-        f"\nNeighborListTransform, CPU µs per frame (median of passes), {platform.machine()}, "
-        f"{os.cpu_count()} cores, load average {load_before:.2f} -> {os.getloadavg()[0]:.2f}; "
-        f"edges identical across backends"
-        + (f"; not installed: {', '.join(missing)}" if missing else "")
-        + "\n"
+        f"\nNeighborListTransform, {platform.machine()}, {os.cpu_count()} cores, load average "
+        f"{load_before:.2f} -> {load_after:.2f}\n"
     )
-    print(f"| system | r_max (Å) | edges/frame | {' | '.join(backends)} | fastest |")
-    print("|---|---:|---:|" + "---:|" * len(backends) + "---|")
-    for system, r_max, edges, times in rows:
+    print(markdown(results))
+    if args.json:
+        write_json(args.json, __file__, results, argv)
+
+
+def markdown(results: Dict) -> str:
+    """The table of a ``--json`` file's ``results``."""
+    backends = results["backends"]
+    missing = results["not_installed"]
+    lines = [
+        "CPU µs per frame (median of passes); edges identical across backends"
+        + (f"; not installed: {', '.join(missing)}" if missing else ""),
+        "",
+        f"| system | r_max (Å) | edges/frame | {' | '.join(backends)} | fastest |",
+        "|---|---:|---:|" + "---:|" * len(backends) + "---|",
+    ]
+    for row in results["rows"]:
+        times = row["us_per_frame"]
         fastest = min(times, key=times.get)
         cells = " | ".join(f"{times[b]:.0f}" for b in backends)
-        print(f"| {system} | {r_max:g} | {edges:.0f} | {cells} | {fastest} |")
+        lines.append(
+            f"| {row['system']} | {row['r_max']:g} | {row['edges']:.0f} | {cells} | {fastest} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

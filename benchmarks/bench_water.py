@@ -6,8 +6,17 @@ and a training step on 192-atom frames. Deployed: each model's deployed file thr
 calculator (REANN: TorchScript from ``nequip-deploy build``; NequIP: AOTInductor from
 ``nequip-compile --target ase``) on the first frame and its 2x2x2 replica (192 and 1,536 atoms).
 Each model and path runs in its own subprocess (this script re-invoked with ``--worker NAME``), so
-that the peak resident memory of one model is not mixed with the other's. See
-``benchmarks/README.md``.
+that the peak resident memory of one model is not mixed with the other's.
+
+The models: REANN's default model of the benchmarks (``bench_md.py``: REANN's own example
+hyperparameters) and ``NequIPGNNModel(num_layers=3, l_max=1, num_features=32)``, of comparable
+size, both untrained (speed does not depend on the weights). Eager: ``model(data)`` with the
+neighbour list precomputed; a training step is forward, energy-per-atom and force MSE, backward
+and an Adam step. Deployed: ``calculator.reset()``, then energy and forces of the box, the
+neighbour list included (REANN: the package's cell list; NequIP: vesin). Times are medians of
+wall-clock times per call after warm-up calls; the process CPU time is given too, which another
+program on the machine disturbs far less with one thread. ``NequIP/REANN`` above 1 means REANN is
+faster. Peak resident memory is the worker's.
 
 Example::
 
@@ -33,6 +42,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 from bench_md import BIN, R_MAX, REANN_OPTIONS, REPLICAS, TYPE_NAMES, water_frame
+from provenance import provenance
 
 MODELS = ("reann", "nequip")
 LABELS = {"reann": "REANN", "nequip": "NequIP"}
@@ -749,6 +759,37 @@ def format_rounds_table(rounds: List[List[Dict[str, Any]]]) -> str:
     return f"{len(rounds)} rounds, round by round:\n\n" + _markdown_table(header, table)
 
 
+def markdown(summary: Dict[str, Any]) -> str:
+    """The tables of a ``--json`` file: the eager workers' inference, training and memory, the
+    speed of every path and size, and the rounds when there were several."""
+    eager = [r for r in summary["results"] if r["path"] == "eager"]
+    tables = [format_table(eager)] if eager else []
+    tables.append(format_speed_table(summary["speed"]))
+    if len(summary["rounds"]) > 1:
+        tables.append(format_rounds_table(summary["rounds"]))
+    return "\n\n".join(tables)
+
+
+def headline(summary: Dict[str, Any]) -> List:
+    """The README's number: NequIP's time over REANN's for the deployed files through ASE, at
+    the largest size."""
+    ratios = [
+        row
+        for row in summary["speed"]
+        if row["path"] == "deployed" and row["wall_ratio_nequip_over_reann"] is not None
+    ]
+    if not ratios:
+        return []
+    row = max(ratios, key=lambda r: r["atoms"])
+    return [
+        (
+            f"deployed REANN vs NequIP through ASE, {row['atoms']:,} water atoms, {row['dtype']}: "
+            "NequIP's time / REANN's",
+            f"{row['wall_ratio_nequip_over_reann']:.1f}×",
+        )
+    ]
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -933,6 +974,7 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     if args.json:
         summary = {
+            **provenance(__file__, argv),
             "args": {
                 k: v
                 for k, v in vars(args).items()

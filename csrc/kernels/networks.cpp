@@ -84,9 +84,8 @@ void gemm_rows(int64_t rows, const T *a, int64_t lda, int64_t k, const T *panel,
 // c[i, j] = bias[j] + sum_p a[i, p] b[p * b_row + j * b_col] for i < m, j < n (no bias when
 // null); a and c row-major with leading dimensions lda and ldc. b is packed into panels of tile
 // width, and the row tiles run in parallel. The networks' GEMMs are small (k, n <= a few
-// hundred) and many (one per layer and element); MKL runs them on AMD Zen 5 at the rates of its
-// AVX2 code (at 8192 x 108 x 64: 95 GFLOP/s in float32, 30 in float64), this kernel built for
-// AVX-512 at 240 and 111, and without the tensor views and library calls of each GEMM.
+// hundred) and many (one per layer and element): a BLAS call per GEMM, with its tensor views,
+// costs more than the arithmetic, and a library may not use the widest vectors this level has.
 template <typename T>
 void gemm(int64_t m, int64_t n, int64_t k, const T *a, int64_t lda, const T *b, int64_t b_row,
           int64_t b_col, const T *bias, T *c, int64_t ldc)

@@ -2,15 +2,14 @@
 
    Every step the model allocates and frees the same large tensors (neighbour blocks, edge
    functions, their gradients), whose sizes change little from step to step. glibc either returns
-   such blocks to the system and faults the pages in again next step (zeroed by the kernel: about
-   half the step time at 25,000 atoms), or, told to keep everything on its heap, fragments it to
-   2-3x the live size. This allocator keeps freed blocks of 1 MiB and more in free lists by size
-   class (sizes rounded up by at most 1/8) and hands them out again, to requests up to a quarter
-   smaller; a fresh block gets one class of headroom. So when the widest neighbour list gains or
-   loses a slot or two, which resizes every [centres, slots, K] block, the freed blocks still
-   serve (fresh pages made such a step 0.2-0.6 s longer than its usual 0.3 s at 12,288 atoms in
-   float64 here). Blocks left unused for a whole step go back to the system at the end of the
-   step. Smaller requests go to torch's default allocator.
+   such blocks to the system and faults the pages in again next step (zeroed by the kernel, a
+   large share of a step on big systems), or, told to keep everything on its heap, fragments it
+   to several times the live size. This allocator keeps freed blocks of 1 MiB and more in free
+   lists by size class (sizes rounded up by at most 1/8) and hands them out again, to requests up
+   to a quarter smaller; a fresh block gets one class of headroom. So when the widest neighbour
+   list gains or loses a slot or two, which resizes every [centres, slots, K] block, the freed
+   blocks still serve instead of fresh pages. Blocks left unused for a whole step go back to the
+   system at the end of the step. Smaller requests go to torch's default allocator.
 
    Part of the kernel library (libreann_ops.so): pair_reann installs it (`memory keep`), and so
    does Python through torch.ops.reann.block_cache_install (ReannCalculator(memory="keep")). */

@@ -2,7 +2,7 @@
 polarizability models evaluated along the trajectory, spectra from autocorrelation functions,
 peaks compared with the PySCF harmonic frequencies of the training data's level of theory.
 
-Run from the repository root (about 14 minutes on 2 busy CPU cores):
+Run from the repository root (a quarter of an hour on two CPU cores):
 
     python examples/ch4_ir/ir_raman_spectra.py
 

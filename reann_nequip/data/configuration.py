@@ -470,7 +470,7 @@ def write_configuration(
     """ASE-style writer: ``images`` with their forces (if any) and one ``abprop`` property.
 
     Args:
-        path: the file, replaced only once complete (see :func:`write_frames`)
+        path: the file, replaced only once complete (see ``write_frames``)
         images: ``ase.Atoms`` or an iterable of them (a generator is written one frame at a
             time); energies, forces and dipoles from their calculators (dipole also from
             ``info["total_dipole"]``), polarizability from ``info["polarizability"]`` ([3, 3] or

@@ -9,7 +9,7 @@ A frame is refused, by the first of these that fails:
 - a label beyond ``MAX_LABEL`` in magnitude: the energy per atom, or any component of the others;
 - two atoms (or an atom and a periodic image) closer than ``MIN_DISTANCE`` Å.
 
-The bounds live in :mod:`reann_nequip._limits`. The functions here only describe the problem;
+The bounds live in ``reann_nequip._limits``. The functions here only describe the problem;
 the callers add the file, frame and line.
 """
 

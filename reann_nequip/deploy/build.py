@@ -167,7 +167,7 @@ def save_deployed(
 ) -> Dict[str, str]:
     """Script a nequip ``GraphModel`` of a reann_nequip model into ``output_path``; returns the
     metadata. Energy models get :class:`DeployedEnergyModel` (LAMMPS and ASE), tensor models
-    :class:`DeployedTensorModel` (ASE). Both run their stages' kernel forms
+    ``DeployedTensorModel`` (ASE). Both run their stages' kernel forms
     (:func:`~reann_nequip.nn.use_kernels`); energy models are frozen. ``graph_model`` itself is
     left unchanged."""
     check_deployable(graph_model, units, source)

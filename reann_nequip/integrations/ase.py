@@ -110,8 +110,8 @@ class ReannCalculator(Calculator):
         memory: ``release`` (default: torch's allocator) or ``keep``: torch's CPU allocator
             becomes, for the whole process and for good, the block cache of ``pair_style reann
             ... memory keep``, which keeps freed blocks of 1 MiB and more for the next calculation
-            and returns those a calculation did not use (no page faults on the model's large
-            tensors; ≈ 5–10 % faster per MD step at 1,536 atoms)
+            and returns those a calculation did not use: no page faults on the model's large
+            tensors at every MD step
     """
 
     implemented_properties = [

@@ -263,8 +263,8 @@ ReannModel.__doc__ = f"""REANN energy model (EANN when ``num_recursions`` is 0):
             ``[64, 64]``), ``num_blocks`` (``nblock``, ``1``), ``activation`` (``activate``:
             ``relu_like``, ``tanh_like`` or ``silu``; ``relu_like``), ``layer_norm``
             (``table_norm``, ``True``), ``dropout`` (``dropout_p``, ``0.0``)
-        per_type_energy_scales (float/dict): per-element energy scales (default ``None``)
-        per_type_energy_shifts (float/dict): per-element energy shifts, the energy of an
+        per_type_energy_scales (float or dict): per-element energy scales (default ``None``)
+        per_type_energy_shifts (float or dict): per-element energy shifts, the energy of an
             isolated atom (default ``None``)
         per_type_energy_scales_trainable (bool): default ``False``
         per_type_energy_shifts_trainable (bool): default ``False``
@@ -420,7 +420,7 @@ _TENSOR_MODELS_DOC = f"""REANN models of tensorial properties (REANN ``start_tab
             (REANN ``nl``, default ``[64, 64]``), ``num_blocks`` (``nblock``, ``1``),
             ``activation`` (``activate``; ``relu_like``), ``layer_norm`` (``table_norm``,
             ``True``), ``dropout`` (``dropout_p``, ``0.0``)
-        per_type_isotropic_polarizability (float/dict): polarizability model only: initial
+        per_type_isotropic_polarizability (float or dict): polarizability model only: initial
             isotropic polarizability of each element's isolated atom in Å³, trainable (default
             ``0.0``; the mean α_iso of the data divided by the atoms per frame starts close)
 

@@ -16,8 +16,7 @@ class AtomicScalarReadout(GraphModuleMixin, torch.nn.Module):
     Subtracting the network's value at zero density makes an isolated atom's output exactly 0
     here, so after nequip's ``PerTypeScaleShift`` it is exactly the per-type shift (e.g. the
     isolated-atom reference energy). REANN instead puts the mean energy per atom into the output
-    bias; the difference is a constant per element, carried by the shift. The values at zero
-    density come from the same network call, as one extra row per element.
+    bias; the difference is a constant per element, carried by the shift.
 
     Reads ``node_features`` [num_atoms, M]; writes ``out_field`` [num_atoms, num_scalars].
 
@@ -54,11 +53,12 @@ class AtomicScalarReadout(GraphModuleMixin, torch.nn.Module):
     def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
         density = data[AtomicDataDict.NODE_FEATURES_KEY]
         atom_types = data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
-        num_atoms, num_types = density.shape[0], self.all_types.shape[0]
-        zero = torch.zeros(num_types, density.shape[1], dtype=density.dtype, device=density.device)
-        scalars = self.network(
-            torch.cat([density, zero]), torch.cat([atom_types, self.all_types])
-        )  # [num_atoms + num_types, num_scalars]
-        isolated = scalars[num_atoms:]  # [num_types, num_scalars]
-        data[self.out_field] = scalars[:num_atoms] - torch.index_select(isolated, 0, atom_types)
+        scalars = self.network(density, atom_types)  # [num_atoms, num_scalars]
+        zero = torch.zeros(
+            self.all_types.shape[0], density.shape[1], dtype=density.dtype, device=density.device
+        )
+        # a second call, not one call on the concatenated rows: AOTInductor (nequip-compile)
+        # fails to generate code for the per-frame energy sum after slicing those rows apart
+        isolated = self.network(zero, self.all_types)  # [num_types, num_scalars]
+        data[self.out_field] = scalars - torch.index_select(isolated, 0, atom_types)
         return data

@@ -8,7 +8,7 @@ network only, with first and second derivatives.
 """
 
 import math
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -157,6 +157,12 @@ class ElementNetworks(KernelStage):
     new network outputs zero for every atom. The kernel form has no dropout, so networks with
     dropout keep their torch form.
 
+    The input layer reads the input shifted and scaled, (x − μ_Z) / σ_Z, with μ (per element and
+    feature) and σ (per element) fixed buffers, 0 and 1 until :meth:`standardize_inputs` sets
+    them from data: REANN's densities are small numbers that vary little between atoms, and a
+    raw input layer would need weights as large as the inverse of that spread. The shift and
+    scale enter the input layer's weights and bias, so the kernels never see them.
+
     Args:
         num_types (int): number of elements
         in_features (int): input width (the density width ``num_orbitals``)
@@ -188,6 +194,8 @@ class ElementNetworks(KernelStage):
         self.input_linear = ElementLinear(
             num_types, in_features, hidden[0], zero_weight=False, bias=None
         )
+        self.register_buffer("input_shift", torch.zeros(num_types, in_features))  # μ
+        self.register_buffer("input_scale", torch.ones(num_types, in_features))  # σ
         self.blocks = torch.nn.ModuleList(
             [
                 ResidualBlock(num_types, hidden, activation, layer_norm, dropout)
@@ -202,6 +210,12 @@ class ElementNetworks(KernelStage):
     def kernel_form_available(self) -> bool:
         return not self.has_dropout
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints and packages of versions without the standardisation read their input raw
+        state_dict.setdefault(prefix + "input_shift", torch.zeros_like(self.input_shift))
+        state_dict.setdefault(prefix + "input_scale", torch.ones_like(self.input_scale))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -212,19 +226,47 @@ class ElementNetworks(KernelStage):
 
         A linear map of the input can be folded into the input layer: with ``input_mixing`` Q
         [F, in_features], ``x`` is [num_atoms, F] and the networks read x Q, as x (Q W) + b."""
-        input_weight = self.input_linear.weight  # [num_types, in, h1]
+        # ((x − μ) / σ) W + b = x (W / σ) + (b − (μ / σ) W)
+        input_weight = self.input_linear.weight / self.input_scale.unsqueeze(-1)
+        input_bias = self.input_linear.bias - torch.bmm(
+            self.input_shift.unsqueeze(1), input_weight
+        ).squeeze(1)  # [num_types, h1]
         if input_mixing is not None:
             input_weight = torch.matmul(input_mixing, input_weight)  # [num_types, F, h1]
         if self.runs_kernels(x):
-            return self.kernel_form(x, atom_types, input_weight)
-        return self.torch_form(x, atom_types, input_weight)
+            return self.kernel_form(x, atom_types, input_weight, input_bias)
+        return self.torch_form(x, atom_types, input_weight, input_bias)
+
+    def standardize_inputs(self, x: torch.Tensor, atom_types: torch.Tensor) -> None:
+        """Set μ to the mean of ``x`` [num_atoms, in_features] (the input the networks read,
+        after any ``input_mixing``) and σ to the root mean square of its standard deviations, one
+        σ per element for all features, over the atoms of each element whose input is not all
+        zero (isolated atoms carry no information on the spread). One σ per element keeps the
+        features' relative sizes: a feature that hardly varies in the data stays small instead
+        of amplifying its noise, and its force contributions, by 1 / its spread. Elements
+        without such atoms keep μ = 0 and σ = 1."""
+        with torch.no_grad():
+            present = (x != 0).any(dim=1)
+            for element in range(self.num_types):
+                rows = x[present & (atom_types == element)].to(self.input_shift.dtype)
+                if rows.shape[0] < 2:
+                    continue
+                spread = rows.var(dim=0, unbiased=False).mean().sqrt()
+                if not spread > 0:
+                    continue
+                self.input_shift[element] = rows.mean(dim=0)
+                self.input_scale[element] = spread
 
     def torch_form(
-        self, x: torch.Tensor, atom_types: torch.Tensor, input_weight: torch.Tensor
+        self,
+        x: torch.Tensor,
+        atom_types: torch.Tensor,
+        input_weight: torch.Tensor,
+        input_bias: torch.Tensor,
     ) -> torch.Tensor:
         """Every atom through every element's network, its own element's output kept."""
         expanded = x.unsqueeze(0).expand(self.num_types, -1, -1)  # [num_types, num_atoms, in]
-        h = torch.baddbmm(self.input_linear.bias.unsqueeze(1), expanded, input_weight)
+        h = torch.baddbmm(input_bias.unsqueeze(1), expanded, input_weight)
         for block in self.blocks:
             h = block(h)
         out = self.output_linear(self.output_activation(h))  # [num_types, num_atoms, out]
@@ -232,11 +274,15 @@ class ElementNetworks(KernelStage):
         return torch.gather(out, 0, own).squeeze(0)
 
     def kernel_form(
-        self, x: torch.Tensor, atom_types: torch.Tensor, input_weight: torch.Tensor
+        self,
+        x: torch.Tensor,
+        atom_types: torch.Tensor,
+        input_weight: torch.Tensor,
+        input_bias: torch.Tensor,
     ) -> torch.Tensor:
         """The same by ``reann::element_networks``."""
         weights = [input_weight]
-        biases = [self.input_linear.bias]
+        biases = [input_bias]
         activations: List[torch.Tensor] = []
         norms: List[torch.Tensor] = []
         for block in self.blocks:
@@ -258,3 +304,41 @@ class ElementNetworks(KernelStage):
             self.activation_code,
             self.layers_per_block,
         )
+
+
+def standardize_new_networks(model: torch.nn.Module, batches) -> int:
+    """Standardise the inputs of every :class:`ElementNetworks` of ``model`` whose output layer
+    is still zero, from what it reads when ``model`` runs on ``batches`` (an iterable of
+    ``model`` inputs); returns the number of networks standardised.
+
+    A network whose output layer is zero outputs zero whatever its input layer, so this changes
+    nothing the model computes; it only sets the scale the training starts from. Trained
+    networks (e.g. a resumed or imported model) are left alone."""
+    inputs: Dict[ElementNetworks, List[Tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def record(network: ElementNetworks, args: Tuple) -> None:
+        x, atom_types = args[0], args[1]
+        mixing = args[2] if len(args) > 2 else None
+        if mixing is not None:
+            x = x @ mixing
+        inputs.setdefault(network, []).append((x.detach(), atom_types.detach()))
+
+    new = [
+        m
+        for m in model.modules()
+        if isinstance(m, ElementNetworks)
+        and not m.output_linear.weight.any()
+        and not m.output_linear.bias.any()
+    ]
+    hooks = [network.register_forward_pre_hook(record) for network in new]
+    try:
+        for batch in batches:
+            model(batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for network, seen in inputs.items():
+        network.standardize_inputs(
+            torch.cat([x for x, _ in seen]), torch.cat([types for _, types in seen])
+        )
+    return len(inputs)

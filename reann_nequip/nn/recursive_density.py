@@ -54,7 +54,7 @@ class RecursiveEmbeddedDensity(GraphModuleMixin, KernelStage):
     geometry (monomials and radial functions) is computed once and reused at every step. An
     atom's descriptor depends on atoms within (T + 1) · r_max; T = 0 is EANN (strictly local).
 
-    Torch form: edge by edge (:func:`~reann_nequip.nn.embedded_density.edge_orbitals`). Kernel
+    Torch form: edge by edge (``reann_nequip.nn.embedded_density.edge_orbitals``). Kernel
     form: the edges in dense per-centre neighbour blocks, and the orbitals' Gram matrices G by
     ``reann::orbital_gram``, with ρ = G Q; the update networks fold Q into their input layer.
     The stages of the kernel form (:meth:`block_geometry`, :meth:`refine_at_step`,

@@ -1,5 +1,6 @@
 """Training helpers usable from nequip YAML configs."""
 
+from .density_standardization import StandardizeDensity
 from .error_log import ReannErrorLog
 from .guard import TrainingGuard
 from .schedule import ReannTrainingSchedule, reann_force_coeff
@@ -17,6 +18,7 @@ __all__ = [
     "ReannTrainingSchedule",
     "RelativeRootMeanSquaredError",
     "ScaledField",
+    "StandardizeDensity",
     "TensorPropertyLoss",
     "TensorPropertyMetrics",
     "TrainingGuard",

@@ -1,6 +1,9 @@
 """The benchmark scripts still run: each in its smallest form, on the shared water data, checking
-that it prints its table with finite timings (no speed is asserted)."""
+that it prints its table with finite timings (no speed is asserted), and that its --json file
+holds the command, the machine and what the report (benchmarks/report.py) needs for that table."""
 
+import importlib.util
+import json
 import math
 import os
 import pathlib
@@ -31,7 +34,23 @@ def run_benchmark(script: str, *args: str) -> str:
     return result.stdout
 
 
-def test_bench_model_times_the_deployed_file(water_deepmd):
+def check_json(path, script: str, output: str) -> None:
+    """The --json file at ``path`` names ``script``, its command line and the machine, and the
+    report renders from it the table the script printed."""
+    document = json.loads(path.read_text())
+    assert document["benchmark"] == script.removesuffix(".py")
+    assert document["command"].startswith(f"python benchmarks/{script} ")
+    assert "--json" in document["command"]
+    assert document["machine"]["cores"] > 0 and document["machine"]["torch"]
+    spec = importlib.util.spec_from_file_location("report", REPO_ROOT / "benchmarks" / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    table = report.tables(document["benchmark"], document)
+    printed = [line for line in output.splitlines() if line.startswith("|")]
+    assert printed and all(line in table.splitlines() for line in printed), table
+
+
+def test_bench_model_times_the_deployed_file(water_deepmd, tmp_path):
     output = run_benchmark(
         "bench_model.py",
         "--water", str(water_deepmd),
@@ -40,14 +59,16 @@ def test_bench_model_times_the_deployed_file(water_deepmd):
         "--no-training",
         "--time-limit", "0.2",
         "--min-repeats", "2",
+        "--json", str(tmp_path / "bench_model.json"),
     )  # fmt: skip
     rows = re.findall(r"^\| (float32|float64) \| 192 \| ([\d.]+) \|", output, re.M)
     assert sorted(dtype for dtype, _ in rows) == ["float32", "float64"], output
     assert all(math.isfinite(float(us)) and float(us) > 0 for _, us in rows), output
+    check_json(tmp_path / "bench_model.json", "bench_model.py", output)
 
 
 @pytest.mark.slow
-def test_bench_md_runs_pair_style_reann(water_deepmd):
+def test_bench_md_runs_pair_style_reann(water_deepmd, tmp_path):
     """Two rounds of both dtypes: each row gives its best and both runs, float64 / float32 and a
     committee of 4 / one model are given round by round."""
     output = run_benchmark(
@@ -57,6 +78,7 @@ def test_bench_md_runs_pair_style_reann(water_deepmd):
         "--ranks", "1",
         "--steps", "5",
         "--repeats", "2",
+        "--json", str(tmp_path / "bench_md.json"),
     )  # fmt: skip
     for dtype in ("float32", "float64"):
         rows = re.findall(
@@ -79,10 +101,11 @@ def test_bench_md_runs_pair_style_reann(water_deepmd):
     )
     assert sorted(dtype for dtype, *_ in committee) == ["float32", "float64"], output
     assert all(float(x) > 1.0 for _, *values in committee for x in values), output
+    check_json(tmp_path / "bench_md.json", "bench_md.py", output)
 
 
 @pytest.mark.slow
-def test_bench_water_rounds_give_the_ratio_round_by_round(water_deepmd):
+def test_bench_water_rounds_give_the_ratio_round_by_round(water_deepmd, tmp_path):
     """The eager path only (no ``nequip-compile``), two rounds of both models: the last table
     gives both models' µs/atom and NequIP/REANN in each round, and their median."""
     output = run_benchmark(
@@ -96,6 +119,7 @@ def test_bench_water_rounds_give_the_ratio_round_by_round(water_deepmd):
         "--train-warmup", "1",
         "--train-repeats", "1",
         "--rounds", "2",
+        "--json", str(tmp_path / "bench_water.json"),
     )  # fmt: skip
     rows = re.findall(
         r"^\|\s+eager \|\s+192 \|\s+([\d.]+) / ([\d.]+) \|\s+([\d.]+) / ([\d.]+) \|"
@@ -108,3 +132,4 @@ def test_bench_water_rounds_give_the_ratio_round_by_round(water_deepmd):
     assert ratio_1 == pytest.approx(nequip_1 / reann_1, rel=0.02), output
     assert ratio_2 == pytest.approx(nequip_2 / reann_2, rel=0.02), output
     assert median == pytest.approx((ratio_1 + ratio_2) / 2, abs=0.01), output
+    check_json(tmp_path / "bench_water.json", "bench_water.py", output)

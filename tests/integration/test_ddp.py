@@ -73,13 +73,11 @@ def test_two_ranks_train_the_ch4_config_as_one_process_with_the_global_batch(tmp
     one = _validation_errors(tmp_path / "one")
     two = _validation_errors(tmp_path / "two")
     assert len(one[ERRORS[0]]) == len(two[ERRORS[0]]) == 8
-    # the runs trained: the energy error falls several-fold (measured: 2828 -> 586 meV/atom)
+    # the runs trained: the energy error falls several-fold
     assert one[ERRORS[0]][-1] < 0.4 * one[ERRORS[0]][0]
-    # Measured (float32 model, 2-core machine at load 2-3): the final errors of the two runs differ
-    # by at most 5e-7 relative (data seeds 123, 7, 11; 3 repeats of seed 123 gave the same digits).
-    # rtol 1e-4 leaves 200x room, yet sits far below what a real difference in training gives:
-    # a plain one-process run (frames in nequip's order) ends 7-27 % away, and two ranks of 8
-    # frames (global batch 16, half the steps) end 45 % (forces) to 330 % (energy) higher.
+    # the two runs differ by round-off only (float32: ~1e-7 relative); rtol 1e-4 leaves ample
+    # room, yet sits far below what a real difference in training gives: a one-process run with
+    # nequip's frame order, or two ranks with the whole batch each, end several percent away
     for name in ERRORS:
         torch.testing.assert_close(
             torch.tensor(two[name]), torch.tensor(one[name]), rtol=1e-4, atol=0.0, msg=name
@@ -112,8 +110,8 @@ def test_reann_schedule_rolls_back_and_logs_once_on_two_ranks(tmp_path):
         equal_nan=True,
     )
 
-    # the final weights and schedule state agree to round-off of the float64 model (measured: 3e-14
-    # relative, best loss bitwise equal). One parameter only agrees to 6e-11: the energy network's
+    # the final weights and schedule state agree to round-off of the float64 model (~1e-14
+    # relative, best loss bitwise equal). One parameter only agrees to ~1e-10: the energy network's
     # output bias, which cancels in E_i = NN(ρ_i) − NN(0): its gradient is round-off only, different
     # on one and two ranks, and Adam's steps on it drift apart by ~1e-11 without changing any
     # prediction. Hence atol 1e-9

@@ -77,7 +77,8 @@ class TestReannModel(PerturbedReannMixin, BaseEnergyModelTests):
     def model_source(cls, request):
         # nequip also runs "fresh" (compile the training checkpoint); "package" trains, packages,
         # trains on from the package and compiles, a superset of that path; the checkpoint path
-        # itself is tested by tests/test_deploy.py. Halves the AOTInductor compilations (CI time)
+        # itself is tested by tests/integration/test_deploy.py. Halves the AOTInductor
+        # compilations (CI time)
         return request.param
 
 

@@ -38,7 +38,7 @@ def test_force_coeff_is_linear_in_lr_from_init_f_to_final_f():
     assert f(1.0e-5) == pytest.approx(0.5, abs=1e-3)
     # linear: equal lr steps give equal weight steps
     assert f(7.0e-4) - f(8.0e-4) == pytest.approx(f(2.0e-4) - f(3.0e-4), rel=1e-9)
-    # the first halving already moves it ~50.5 % of the way (spec §4.1)
+    # the first halving already moves it ~50.5 % of the way: f is linear in lr, not in log lr
     assert (50.0 - f(5.0e-4)) / (50.0 - 0.5) == pytest.approx(0.505, abs=1e-3)
 
 

@@ -186,6 +186,9 @@ def test_element_networks_agree_in_both_forms(
         stage = ElementNetworks(len(TYPE_NAMES), 7, 3, **options)
     stage = randomize_parameters(stage.to(dtype), seed=3)
     generator = torch.Generator().manual_seed(7)
+    # a standardised input (shift and scale per element and feature)
+    stage.input_shift.copy_(torch.randn(stage.input_shift.shape, generator=generator))
+    stage.input_scale.copy_(0.1 + torch.rand(stage.input_scale.shape, generator=generator))
     # the last element has no atoms
     types = torch.tensor([0, 1, 0, 0, 1, 1, 0, 1, 0, 0, 1])
     x = torch.randn(types.shape[0], 5 if mixing else 7, generator=generator).to(dtype)

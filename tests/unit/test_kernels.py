@@ -308,7 +308,7 @@ def networks(hidden, dtype=torch.float64, activation="relu_like", num_inputs=10,
 
 def outputs_and_input_gradient(stage, form, x, atom_types):
     x = x.clone().requires_grad_(True)
-    y = form(x, atom_types, stage.input_linear.weight)
+    y = form(x, atom_types, stage.input_linear.weight, stage.input_linear.bias)
     weights = torch.linspace(-1.0, 2.0, y.numel(), dtype=y.dtype).view_as(y)
     (gradient,) = torch.autograd.grad((y * weights).sum(), x)
     return y.detach(), gradient
@@ -353,14 +353,14 @@ def test_element_networks_at_the_default_widths(dtype, hidden):
 def test_element_networks_refuse_bad_inputs_and_third_derivatives():
     stage = networks([6])
     x = torch.randn(4, 10, dtype=torch.float64, requires_grad=True)
-    weight = stage.input_linear.weight
+    weight, bias = stage.input_linear.weight, stage.input_linear.bias
     with pytest.raises(RuntimeError, match="atom 2 has type 3, outside the 3 types"):
-        stage.kernel_form(x, torch.tensor([0, 1, 3, 2]), weight)
+        stage.kernel_form(x, torch.tensor([0, 1, 3, 2]), weight, bias)
     with pytest.raises(RuntimeError, match=r"weights\[0\] must be Float \[3, 10, 6\]"):
-        stage.kernel_form(x.float(), torch.tensor([0, 1, 2, 2]), weight)
+        stage.kernel_form(x.float(), torch.tensor([0, 1, 2, 2]), weight, bias)
     with pytest.raises(RuntimeError, match=r"expected int64 atom types \[4\]"):
-        stage.kernel_form(x, torch.tensor([0, 1, 2]), weight)
-    y = stage.kernel_form(x, torch.tensor([0, 1, 2, 2]), weight)
+        stage.kernel_form(x, torch.tensor([0, 1, 2]), weight, bias)
+    y = stage.kernel_form(x, torch.tensor([0, 1, 2, 2]), weight, bias)
     (first,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
     torch.autograd.grad(first.square().sum(), x, retain_graph=True)
     with pytest.raises(RuntimeError, match="no third derivative"):

@@ -15,6 +15,8 @@ SUBCOMMANDS = {
     "convert": "reann_nequip.cli.convert",
     "import": "reann_nequip.cli.import_reann",
     "evaluate": "reann_nequip.cli.evaluate",
+    "select": "reann_nequip.cli.select",
+    "train-committee": "reann_nequip.cli.train_committee",
 }
 
 
@@ -22,7 +24,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="reann-nequip",
         description="REANN tools for nequip: REANN data and parameter files, model import, "
-        "evaluation and the LAMMPS plugin build.",
+        "evaluation, active-learning frame selection and the LAMMPS plugin build.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in SUBCOMMANDS.items():

@@ -2,7 +2,8 @@
 library only."""
 
 import math
-from typing import Dict, Optional, Tuple
+import os
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -12,6 +13,7 @@ from ase.data import atomic_numbers
 
 from .._limits import MIN_DISTANCE
 from ..deploy.build import read_metadata
+from ..deploy.committee import check_committee, force_deviation
 from ..deploy.kernels import load_deployed_file
 
 
@@ -78,15 +80,30 @@ class _DeployedFile:
 
 
 class ReannCalculator(Calculator):
-    """A deployed REANN energy model and, optionally, its dipole and polarizability models.
+    """A deployed REANN energy model, or a committee of them, and, optionally, its dipole and
+    polarizability models.
 
     Properties: ``energy`` (eV), ``energies`` per atom, ``forces`` (eV/Å), ``stress`` (eV/Å³,
     fully periodic cells) from ``model_path``; ``dipole`` (e·Å; a transition-dipole model may
     stand in) from ``dipole_model``; ``polarizability`` (3×3, Å³) from ``polarizability_model``.
+    A committee (several energy model files) adds ``energy_deviation`` (eV, the standard
+    deviation of the models' total energies; the ``devi_e`` of a deviation file is this divided
+    by the number of atoms) and ``forces_deviation`` [num_atoms] (eV/Å, sqrt(⟨‖F_i − ⟨F_i⟩‖²⟩)
+    over the models, DeePMD's definition, see :mod:`reann_nequip.deploy.committee`).
+
+    Example::
+
+        calc = ReannCalculator(["m0.pth", "m1.pth", "m2.pth", "m3.pth"])
+        atoms.calc = calc
+        atoms.get_forces()                       # the first model's
+        calc.results["forces_deviation"].max()   # DeePMD's max_devi_f
 
     Args:
-        model_path: energy model written by ``nequip-deploy build`` (optional if a tensor model
-            is given)
+        model_path: energy model written by ``nequip-deploy build``, or a list of them: a
+            committee, whose files must share elements, cutoff, recursions, units and dtype
+            (optional if a tensor model is given)
+        potential: ``first`` (default): energies, forces and stress of the first model of a
+            committee; ``mean``: the committee mean
         dipole_model: dipole or transition-dipole model file
         polarizability_model: polarizability model file
         num_threads: torch intra-op threads (default: leave torch's setting)
@@ -105,12 +122,15 @@ class ReannCalculator(Calculator):
         "stress",
         "dipole",
         "polarizability",
+        "energy_deviation",
+        "forces_deviation",
     ]
 
     def __init__(
         self,
-        model_path: Optional[str] = None,
+        model_path: Union[None, str, os.PathLike, Sequence[Union[str, os.PathLike]]] = None,
         *,
+        potential: str = "first",
         dipole_model: Optional[str] = None,
         polarizability_model: Optional[str] = None,
         num_threads: Optional[int] = None,
@@ -118,14 +138,26 @@ class ReannCalculator(Calculator):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if model_path is None and dipole_model is None and polarizability_model is None:
+        paths = [model_path] if isinstance(model_path, (str, os.PathLike)) else model_path or []
+        paths = [os.fspath(path) for path in paths]
+        if not paths and dipole_model is None and polarizability_model is None:
             raise ValueError("ReannCalculator needs at least one deployed model file")
         if memory not in ("release", "keep"):
             raise ValueError(f"memory must be `release` or `keep`, found {memory!r}")
+        if potential not in ("first", "mean"):
+            raise ValueError(f"potential must be `first` or `mean`, found {potential!r}")
+        if potential == "mean" and len(paths) < 2:
+            raise ValueError("potential `mean` needs a committee: several files in `model_path`")
         self.keep_memory = memory == "keep"
+        self.potential = potential
+        # the energy models; the first one's inputs (neighbour list) serve them all
+        self.committee: List[_DeployedFile] = [
+            _DeployedFile(path, ("energy",), "energy model") for path in paths
+        ]
+        check_committee(paths, [model.metadata for model in self.committee])
         self.models: Dict[str, _DeployedFile] = {}
-        if model_path is not None:
-            self.models["energy"] = _DeployedFile(model_path, ("energy",), "energy model")
+        if self.committee:
+            self.models["energy"] = self.committee[0]
         if dipole_model is not None:
             self.models["dipole"] = _DeployedFile(
                 dipole_model, ("dipole", "transition_dipole"), "dipole model"
@@ -147,27 +179,36 @@ class ReannCalculator(Calculator):
         if self.keep_memory:
             # a new step: the cached blocks the previous one did not use go back to the system
             torch.ops.reann.block_cache_next_step()
-        energy_properties = {"energy", "free_energy", "energies", "forces", "stress"}
+        energy_properties = {
+            "energy",
+            "free_energy",
+            "energies",
+            "forces",
+            "stress",
+            "energy_deviation",
+            "forces_deviation",
+        }
         wants_energy = bool(energy_properties.intersection(properties))
         if wants_energy and "energy" not in self.models:
             raise ValueError(f"{sorted(properties)} need an energy model (`model_path`)")
         if wants_energy:
-            model = self.models["energy"]
-            atomic_energy, forces, virial = model(*model.inputs(atoms), len(atoms))
-            energies = atomic_energy.numpy()
-            _check_finite(model.path, atoms, "energies", energies, per_atom=True)
-            _check_finite(model.path, atoms, "forces", forces.numpy(), per_atom=True)
-            _check_finite(model.path, atoms, "virial", virial.numpy(), per_atom=False)
+            # the committee's models, each [num_atoms], [num_atoms, 3], [3, 3]
+            energies, forces, virials = self._committee_outputs(atoms)
+            potential = slice(None) if self.potential == "mean" else slice(0, 1)
+            energy = float(energies[potential].sum(axis=1).mean())
             self.results.update(
-                energy=float(energies.sum()),
-                free_energy=float(energies.sum()),
-                energies=energies.copy(),
-                forces=forces.numpy().copy(),
+                energy=energy,
+                free_energy=energy,
+                energies=energies[potential].mean(axis=0),
+                forces=forces[potential].mean(axis=0),
             )
             if atoms.pbc.all():
                 # ASE: σ = (1/V) ∂E/∂ε = −W/V, in Voigt order xx yy zz yz xz xy
-                stress = -virial.numpy() / atoms.get_volume()
+                stress = -virials[potential].mean(axis=0) / atoms.get_volume()
                 self.results["stress"] = stress.flat[[0, 4, 8, 5, 2, 1]].copy()
+            if len(self.committee) > 1:
+                self.results["energy_deviation"] = float(energies.sum(axis=1).std())
+                self.results["forces_deviation"] = force_deviation(forces)
         for name in ("dipole", "polarizability"):
             if name in properties:
                 if name not in self.models:
@@ -176,6 +217,23 @@ class ReannCalculator(Calculator):
                 value = model(*model.inputs(atoms)).numpy()
                 _check_finite(model.path, atoms, name, value, per_atom=False)
                 self.results[name] = value.copy()
+
+    def _committee_outputs(self, atoms: Atoms) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Atomic energies [M, num_atoms] (eV), forces [M, num_atoms, 3] (eV/Å) and virials
+        [M, 3, 3] (eV) of the M energy models, on one neighbour list, each checked finite."""
+        inputs = self.models["energy"].inputs(atoms)
+        energies, forces, virials = [], [], []
+        for model in self.committee:
+            atomic_energy, model_forces, virial = (
+                value.numpy() for value in model(*inputs, len(atoms))
+            )
+            _check_finite(model.path, atoms, "energies", atomic_energy, per_atom=True)
+            _check_finite(model.path, atoms, "forces", model_forces, per_atom=True)
+            _check_finite(model.path, atoms, "virial", virial, per_atom=False)
+            energies.append(atomic_energy)
+            forces.append(model_forces)
+            virials.append(virial)
+        return np.stack(energies), np.stack(forces), np.stack(virials)
 
 
 def _check_finite(path: str, atoms: Atoms, name: str, values: np.ndarray, per_atom: bool) -> None:

@@ -69,8 +69,8 @@ def test_bench_model_times_the_deployed_file(water_deepmd, tmp_path):
 
 @pytest.mark.slow
 def test_bench_md_runs_pair_style_reann(water_deepmd, tmp_path):
-    """Two rounds of both dtypes: each row gives its best and both runs, and float64 / float32
-    is given round by round."""
+    """Two rounds of both dtypes: each row gives its best and both runs, float64 / float32 and a
+    committee of 4 / one model are given round by round."""
     output = run_benchmark(
         "bench_md.py",
         "--data", str(water_deepmd),
@@ -93,6 +93,14 @@ def test_bench_md_runs_pair_style_reann(water_deepmd, tmp_path):
         r"^\| keep \| 192 \| ([\d.]+) / ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", output, re.M
     )
     assert len(ratios) == 1 and all(math.isfinite(float(x)) for x in ratios[0]), output
+    # the committee of 4 next to one model, round by round
+    committee = re.findall(
+        r"^\| (float32|float64) \| keep \| 192 \| 4 \| ([\d.]+) / ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$",
+        output,
+        re.M,
+    )
+    assert sorted(dtype for dtype, *_ in committee) == ["float32", "float64"], output
+    assert all(float(x) > 1.0 for _, *values in committee for x in values), output
     check_json(tmp_path / "bench_md.json", "bench_md.py", output)
 
 

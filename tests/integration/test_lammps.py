@@ -265,7 +265,7 @@ def _error_of(workdir, result):
         ("corrupt_file", "is not a TorchScript model file"),
         ("stale_kernel", "calls a kernel that this plugin's kernel library lacks"),
         ("not_deployed", "was not written by `nequip-deploy build`"),
-        ("too_few_elements", "needs `* * model.pth` and 2 element names"),
+        ("too_few_elements", "needs `* *`, one or more model files and 2 element names"),
         ("unknown_element", "atom type 2 is `N`, which model"),
         ("wrong_units", "was deployed for `units metal`, the input uses `units real`"),
         ("newton_off", "requires `newton on`"),
@@ -275,6 +275,9 @@ def _error_of(workdir, result):
         ("release_after_keep", "`memory release` after `memory keep` in one LAMMPS process"),
         ("non_finite_model", "returned non-finite energies, forces or virial at step 0 for atom"),
         ("corrupted_metadata", "has inconsistent metadata"),
+        ("deviation_of_one_model", "out_freq, out_file and potential need a committee"),
+        ("per_atom_deviation_of_one_model", "`fix pair ... reann devi_f 1` needs a committee"),
+        ("fewer_elements_than_types_after_files", "(`{model}` is a file: are there fewer element"),
     ],
 )
 def test_lammps_errors_are_clear(tmp_path, case, expected):
@@ -325,6 +328,15 @@ def test_lammps_errors_are_clear(tmp_path, case, expected):
             tmp_path / "edited.pth",
             lambda name, content: b"-3.5" if name.endswith("/extra/r_max") else content,
         )
+    elif case == "deviation_of_one_model":
+        kwargs["pair_style"] = "reann out_freq 10"
+    elif case == "per_atom_deviation_of_one_model":
+        kwargs["commands"] = "fix devi all pair 1 reann devi_f 1\nrun 0"
+    elif case == "fewer_elements_than_types_after_files":
+        # two files and one element for two atom types: the second file is taken for type 1
+        elements = [str(model), "O"]
+        model = deployed_model(tmp_path, ["O", "H"], 2)
+        expected = expected.format(model=elements[0])
     elif case == "release_after_keep":
         kwargs["commands"] = (
             f"run 0\npair_style reann memory release\npair_coeff * * {model} O H\nrun 0"

@@ -107,11 +107,20 @@ def test_report_refuses_a_file_of_no_known_benchmark(tmp_path, report):
 def test_headline_table_links_each_number_to_its_benchmark(tmp_path, report):
     run = {"atoms": 12288, "us_per_atom_step": 0.0, "pair_fraction": 0.9, "peak_rss_mb": 600.0}
     configurations = [
-        {"dtype": dtype, "memory": "keep", "size": size, "ranks": ranks, "mode": mode, "runs": runs}
-        for dtype, size, ranks, mode, runs in (
-            ("float32", 192, 1, "images", [{**run, "us_per_atom_step": 15.0}]),
-            ("float32", 12288, 1, "images", [{**run, "us_per_atom_step": t} for t in (13, 12.5)]),
-            ("float32", 12288, 2, "exchange", [{**run, "us_per_atom_step": 8.0}]),
+        {
+            "dtype": dtype,
+            "memory": "keep",
+            "size": size,
+            "ranks": ranks,
+            "mode": mode,
+            "models": models,
+            "runs": [{**run, "us_per_atom_step": t} for t in times],
+        }
+        for dtype, size, ranks, mode, models, times in (
+            ("float32", 192, 1, "images", 1, (15.0,)),
+            ("float32", 12288, 1, "images", 1, (13.0, 12.5)),
+            ("float32", 12288, 1, "images", 4, (52.0, 50.0)),
+            ("float32", 12288, 2, "exchange", 1, (8.0,)),
         )
     ]
     results = {"steps": None, "repeats": 2, "configurations": configurations}
@@ -122,6 +131,8 @@ def test_headline_table_links_each_number_to_its_benchmark(tmp_path, report):
         "|---|---|---|",
         "| `pair_style reann` MD, 12,288 water atoms, 1 rank, float32 | 12.5 µs/atom-step "
         "| [`bench_md`](benchmarks/README.md#bench_md) |",
+        "| committee of 4 with its model deviation every step, 12,288 atoms, float32, cost "
+        "relative to one model | 4.00× | [`bench_md`](benchmarks/README.md#bench_md) |",
     ]
     readme = f"intro\n{report.HEADLINE_START}\nold table\n{report.HEADLINE_END}\nrest\n"
     updated = report.with_headline(readme, "new table")

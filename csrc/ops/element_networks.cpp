@@ -21,7 +21,7 @@
      2 silu.
 
    The atoms are grouped by element once (a counting sort; no copy when they already are), each
-   linear layer is one GEMM per element over its rows (kernels/networks.cpp), and each
+   linear layer is one matrix product (torch's, MKL) per element over its rows, and each
    activation with its layer norm is one pass that also keeps what the backward pass needs (the
    activation's slope, the normalised values and their 1/sigma). The backward pass gives the
    gradient with respect to x (forces) and, when the parameters require gradients, theirs; it is

@@ -133,3 +133,29 @@ def test_bench_water_rounds_give_the_ratio_round_by_round(water_deepmd, tmp_path
     assert ratio_2 == pytest.approx(nequip_2 / reann_2, rel=0.02), output
     assert median == pytest.approx((ratio_1 + ratio_2) / 2, abs=0.01), output
     check_json(tmp_path / "bench_water.json", "bench_water.py", output)
+
+
+@pytest.mark.slow
+def test_bench_accuracy_smoke_trains_both_models_on_ch4(tmp_path):
+    """The smallest form of the accuracy benchmark: one minute of training per model on the
+    shipped CH4 data, both models' test errors finite, their ratio given, the curve drawn."""
+    output = run_benchmark(
+        "bench_accuracy.py",
+        "--datasets", "ch4",
+        "--minutes", "1",
+        "--curve-seconds", "20",
+        "--no-md-cost",
+        "--json", str(tmp_path / "bench_accuracy.json"),
+        "--plot", str(tmp_path / "curves.png"),
+    )  # fmt: skip
+    rows = re.findall(
+        r"^\| ch4 \| 1 \| (REANN|NequIP) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| (\d+) \| – \|$",
+        output,
+        re.M,
+    )
+    assert sorted(model for model, *_ in rows) == ["NequIP", "REANN"], output
+    for _, *errors, steps in rows:
+        assert all(math.isfinite(float(error)) for error in errors) and int(steps) > 0, output
+    assert re.search(r"^\| ch4 \| 1 \| [\d.]+ \| [\d.]+ \| ", output, re.M), output
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    check_json(tmp_path / "bench_accuracy.json", "bench_accuracy.py", output)

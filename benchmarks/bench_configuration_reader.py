@@ -30,13 +30,18 @@ NUM_ATOMS = 39
 
 
 def write_file(path: str, num_frames: int, seed: int) -> None:
-    """``num_frames`` frames of 3 molecule atoms + 36 Ni in a 7.52 × 7.52 × 20.32 Å cell."""
+    """``num_frames`` frames of 3 molecule atoms + 36 Ni in a 7.52 × 7.52 × 20.32 Å cell, each
+    atom on its own site of a 3 × 3 × 5 grid, shifted by up to 0.02 of the cell: atoms stay
+    more than 2 Å apart, as the reader's physical checks require."""
     rng = np.random.default_rng(seed)
     symbols = ["O", "O", "C"] + ["Ni"] * 36
     masses = {"O": 15.999, "C": 12.001, "Ni": 58.693}
+    grid = np.stack(np.meshgrid(*(np.arange(n) / n for n in (3, 3, 5)), indexing="ij"), -1)
+    sites = grid.reshape(-1, 3)
     with open(path, "w") as stream:
         for index in range(num_frames):
-            fractional = rng.uniform(0.0, 1.0, (NUM_ATOMS, 3))
+            chosen = sites[rng.choice(len(sites), NUM_ATOMS, replace=False)]
+            fractional = chosen + rng.uniform(-0.02, 0.02, (NUM_ATOMS, 3))
             forces = rng.normal(0.0, 0.5, (NUM_ATOMS, 3))
             lines = [
                 f"point= {index + 1}",

@@ -358,7 +358,32 @@ def learning_curve(run_dir: pathlib.Path, frames, dataset: Dataset) -> List[dict
     return sorted(points, key=lambda p: p["seconds"])
 
 
-def md_cost(model: str, run_dir: pathlib.Path, frame, threads: int) -> float:
+def compile_data(frame, dataset: Dataset, path: pathlib.Path) -> None:
+    """``frame`` in a periodic box, as the data file of ``nequip-compile --data-path`` (a
+    TorchScript module whose buffers are the fields): nequip-compile checks the compiled model
+    against the eager one on every output, and the stress of a frame without a cell is NaN on
+    both, which fails the check."""
+    import torch
+    from nequip.data import compute_neighborlist_, from_ase
+
+    from reann_nequip.data import ChemicalSpeciesToAtomTypeMapper
+
+    atoms = frame.copy()
+    if not atoms.pbc.all():
+        extent = np.ptp(atoms.positions, axis=0).max()
+        atoms.set_cell([extent + 2 * dataset.r_max + 1.0] * 3)
+        atoms.center()
+        atoms.pbc = True
+    mapper = ChemicalSpeciesToAtomTypeMapper(model_type_names=dataset.type_names)
+    data = compute_neighborlist_(mapper(from_ase(atoms)), r_max=dataset.r_max)
+    holder = torch.nn.Module()
+    for key, value in data.items():
+        if isinstance(value, torch.Tensor):
+            holder.register_buffer(key, value)
+    torch.jit.save(torch.jit.script(holder), str(path))
+
+
+def md_cost(model: str, run_dir: pathlib.Path, frame, dataset: Dataset, threads: int) -> float:
     """µs per atom of one energy and force evaluation of ``frame`` through the model's ASE
     calculator, on its deployed file (one torch thread, median of repeated calls)."""
     import torch
@@ -375,8 +400,10 @@ def md_cost(model: str, run_dir: pathlib.Path, frame, threads: int) -> float:
         from nequip.integrations.ase import NequIPCalculator
 
         compiled = run_dir / "model.nequip.pt2"
+        compile_data(frame, dataset, run_dir / "compile_data.pt")
         command = [str(BIN / "nequip-compile"), str(checkpoint), str(compiled)]
         command += ["--mode", "aotinductor", "--device", "cpu", "--target", "ase"]
+        command += ["--data-path", str(run_dir / "compile_data.pt")]
         result = subprocess.run(
             command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
         )
@@ -431,7 +458,7 @@ def run_dataset(name: str, args, workdir: pathlib.Path) -> List[dict]:
             final = test_errors(run_dir / "best.ckpt", test, dataset.type_names, dataset.r_max)
             curve = learning_curve(run_dir, test, dataset)
             steps = max((p["step"] for p in curve), default=0)
-            cost = md_cost(model, run_dir, test[0], args.threads) if args.md_cost else None
+            cost = md_cost(model, run_dir, test[0], dataset, args.threads) if args.md_cost else None
             row[model] = {
                 "final": final,
                 "curve": curve,

@@ -64,6 +64,8 @@ class ASEDataModule(_NequipASEDataModule):
                 # every frame with its types and neighbour list, kept: the transforms no longer
                 # run each time a frame is drawn (per frame, per epoch)
                 dataset.data_list = [dataset._transform(data) for data in dataset.data_list]
+                # kept for what reads them, e.g. TrainingGuard's check of the element list
+                dataset.applied_transforms = dataset.transforms
                 dataset.transforms = []
 
     def _check(self, dataset: ASEDataset) -> None:

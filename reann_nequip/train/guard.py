@@ -109,7 +109,8 @@ def _data_type_names(dataset: torch.utils.data.Dataset) -> Optional[List[str]]:
     if isinstance(dataset, PyGAtomicDataset):
         return list(dataset.type_names)
     if isinstance(dataset, AtomicDataset):
-        for transform in dataset.transforms:
+        # ASEDataModule(transform_once=True) has run the transforms already and keeps them aside
+        for transform in [*dataset.transforms, *getattr(dataset, "applied_transforms", [])]:
             if isinstance(transform, ChemicalSpeciesToAtomTypeMapper):
                 return list(transform.model_type_names)
     return None

@@ -250,7 +250,7 @@ def reann_format_run(tmp_path: pathlib.Path, fixture: Fixture) -> Inputs:
         "coordinates": "cartesian",
         "transforms": section.pop("transforms"),
     }
-    del section["exclude_keys"]
+    del section["exclude_keys"], section["transform_once"]
     section["_target_"] = "nequip.data.datamodule.NequIPDataModule"
     section["split_dataset"] = {"dataset": dataset, "train": 40, "val": 10, "test": 10}
     path = tmp_path / "config.yaml"

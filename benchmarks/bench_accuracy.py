@@ -308,22 +308,29 @@ def train(model: str, run_dir: pathlib.Path, config: dict, threads: int) -> floa
 # === evaluation ===
 
 
+def graph(atoms, type_names: List[str], r_max: float) -> dict:
+    """``atoms`` as a nequip data dict with atom types and its neighbour list."""
+    from nequip.data import compute_neighborlist_, from_ase
+
+    from reann_nequip.data import ChemicalSpeciesToAtomTypeMapper
+
+    mapper = ChemicalSpeciesToAtomTypeMapper(model_type_names=type_names)
+    return compute_neighborlist_(mapper(from_ase(atoms)), r_max=r_max)
+
+
 def test_errors(
     checkpoint: pathlib.Path, frames: list, type_names: List[str], r_max: float
 ) -> dict:
     """Energy (meV, meV/atom) and force (meV/Å) MAE and RMSE of a checkpoint (EMA weights) on
     ``frames``."""
-    from nequip.data import AtomicDataDict, compute_neighborlist_, from_ase
+    from nequip.data import AtomicDataDict
     from nequip.model.saved_models.load_utils import load_saved_model
 
-    from reann_nequip.data import ChemicalSpeciesToAtomTypeMapper
-
     model = load_saved_model(str(checkpoint)).eval()
-    mapper = ChemicalSpeciesToAtomTypeMapper(model_type_names=type_names)
     energy_errors, per_atom_errors, force_errors = [], [], []
     for start in range(0, len(frames), 32):
         chunk = frames[start : start + 32]
-        graphs = [compute_neighborlist_(mapper(from_ase(a)), r_max=r_max) for a in chunk]
+        graphs = [graph(a, type_names, r_max) for a in chunk]
         out = model(AtomicDataDict.batched_from_list(graphs))
         energies = out[AtomicDataDict.TOTAL_ENERGY_KEY].detach().double().view(-1).numpy()
         forces = out[AtomicDataDict.FORCE_KEY].detach().double().numpy()
@@ -364,9 +371,6 @@ def compile_data(frame, dataset: Dataset, path: pathlib.Path) -> None:
     against the eager one on every output, and the stress of a frame without a cell is NaN on
     both, which fails the check."""
     import torch
-    from nequip.data import compute_neighborlist_, from_ase
-
-    from reann_nequip.data import ChemicalSpeciesToAtomTypeMapper
 
     atoms = frame.copy()
     if not atoms.pbc.all():
@@ -374,8 +378,7 @@ def compile_data(frame, dataset: Dataset, path: pathlib.Path) -> None:
         atoms.set_cell([extent + 2 * dataset.r_max + 1.0] * 3)
         atoms.center()
         atoms.pbc = True
-    mapper = ChemicalSpeciesToAtomTypeMapper(model_type_names=dataset.type_names)
-    data = compute_neighborlist_(mapper(from_ase(atoms)), r_max=dataset.r_max)
+    data = graph(atoms, dataset.type_names, dataset.r_max)
     holder = torch.nn.Module()
     for key, value in data.items():
         if isinstance(value, torch.Tensor):

@@ -10,11 +10,12 @@ are compared run by run within a round. ``A`` and ``B`` are repository roots, ea
 every round's B / A and their median. ``--a-env`` / ``--b-env KEY=VALUE`` set environment variables
 for one side: with the same root on both sides they compare, for example, a variant build of the
 kernel library (``LD_LIBRARY_PATH``, which the LAMMPS plugin's run path yields to) or a lower
-instruction-set level (``REANN_NEQUIP_ISA``).
+instruction-set level (``REANN_NEQUIP_ISA``). ``--a-args`` / ``--b-args`` add arguments for one
+side's script only, such as a flag an older checkout's script does not know.
 
 Example (``pair_style reann`` at 12,288 atoms, one rank, float32 and float64)::
 
-    python benchmarks/ab.py --a ../baseline --b . --rounds 3 -- \\
+    python benchmarks/ab.py --a ../baseline --b . --b-args="--committee 0" --rounds 3 -- \\
         bench_md.py --sizes 12288 --ranks 1 --data ../shared/data/water_deepmd
     python benchmarks/ab.py --a . --b . --b-env REANN_NEQUIP_ISA=avx2 -- \
         bench_md.py --sizes 12288 --ranks 1 --dtypes float32
@@ -24,6 +25,7 @@ import argparse
 import os
 import pathlib
 import re
+import shlex
 import subprocess
 import sys
 from typing import Dict, List
@@ -66,6 +68,13 @@ def main(argv=None) -> None:
             metavar="KEY=VALUE",
             help=f"environment variables for {side.upper()}'s runs",
         )
+        parser.add_argument(
+            f"--{side}-args",
+            default="",
+            metavar="ARGS",
+            help=f"arguments added for {side.upper()}'s script only, one string (a flag the "
+            "other side's older script does not know, e.g. --committee 0)",
+        )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of A then B (default 3)")
     parser.add_argument("--metric", default=DEFAULT_METRIC, help="regex with label and value")
     parser.add_argument("script", help="the benchmark script, e.g. bench_md.py")
@@ -74,15 +83,23 @@ def main(argv=None) -> None:
     metric = re.compile(args.metric)
     roots = {"A": args.a.resolve(), "B": args.b.resolve()}
     envs = {"A": environment(parser, args.a_env), "B": environment(parser, args.b_env)}
+    script_args = {
+        "A": args.args + shlex.split(args.a_args),
+        "B": args.args + shlex.split(args.b_args),
+    }
 
     results: Dict[str, List[Dict[str, float]]] = {"A": [], "B": []}
     for round_index in range(args.rounds):
         for side, root in roots.items():
-            results[side].append(run(root, envs[side], args.script, args.args, metric))
+            results[side].append(run(root, envs[side], args.script, script_args[side], metric))
             print(f"round {round_index + 1} {side}: {results[side][-1]}", file=sys.stderr)
 
     for side, root in roots.items():
-        print(f"{side} = {root} {' '.join(f'{k}={v}' for k, v in envs[side].items())}".rstrip())
+        settings = [
+            *(f"{k}={v}" for k, v in envs[side].items()),
+            getattr(args, f"{side.lower()}_args"),
+        ]
+        print(f"{side} = {root} {' '.join(settings)}".rstrip())
     print(f"{args.script} {' '.join(args.args)}\n")
     print("| figure | A by round | B by round | B / A by round | median B / A |")
     print("|---|---|---|---|---|")

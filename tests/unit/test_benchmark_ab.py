@@ -7,10 +7,14 @@ import sys
 
 from ..utils import REPO_ROOT
 
-# a stand-in benchmark: one figure, the environment's SPEED, in bench_md's progress format
+# a stand-in benchmark: one figure, the environment's SPEED times --factor, in bench_md's
+# progress format; it refuses arguments it does not know, as an older checkout's script would
 FAKE_BENCHMARK = """
-import os, sys
-print(f"  round 1: float32 12288 atoms: {os.environ['SPEED']} µs/atom-step", file=sys.stderr)
+import argparse, os, sys
+parser = argparse.ArgumentParser()
+parser.add_argument("--factor", type=float, default=1.0)
+speed = float(os.environ["SPEED"]) * parser.parse_args().factor
+print(f"  round 1: float32 12288 atoms: {speed} µs/atom-step", file=sys.stderr)
 """
 
 
@@ -55,3 +59,24 @@ def test_ab_refuses_an_environment_variable_without_a_value(tmp_path):
         text=True,
     )  # fmt: skip
     assert result.returncode == 2 and "KEY=VALUE" in result.stderr
+
+
+def test_ab_gives_one_side_its_own_arguments(tmp_path):
+    root = checkout(tmp_path / "checkout")
+    result = subprocess.run(
+        [
+            sys.executable, str(REPO_ROOT / "benchmarks" / "ab.py"),
+            "--a", str(root), "--b", str(root),
+            "--a-env", "SPEED=20",
+            "--b-env", "SPEED=20",
+            "--b-args=--factor 1.5",
+            "--rounds", "1",
+            "--", "fake.py",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )  # fmt: skip
+    row = re.search(r"^\| float32 12288 atoms \| .* \| (.*) \|$", result.stdout, re.M)
+    assert row and row.group(1) == "1.500", result.stdout
+    assert "--factor 1.5" in result.stdout

@@ -75,6 +75,10 @@ template <typename T> struct KernelSet {
                                  T *d_exponents_per_thread);
 
   // === element networks ===
+  // c[i, j] = bias[j] + sum_p a[i * lda + p] b[p * b_row + j * b_col], i < m, j < n (no bias when
+  // null)
+  void (*gemm)(int64_t m, int64_t n, int64_t k, const T *a, int64_t lda, const T *b,
+               int64_t b_row, int64_t b_col, const T *bias, T *c, int64_t ldc);
   // rows r0 .. r1 - 1 of [N, width] x: a = act(x), d = act'(x) (kind 0 relu_like, 1 tanh_like,
   // 2 silu), with the per-neuron alpha, beta [width]
   void (*activate_rows)(const T *x, const T *alpha, const T *beta, int64_t kind, int64_t r0,

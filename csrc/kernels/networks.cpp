@@ -1,9 +1,11 @@
 /* The element-network kernels of reann::element_networks, compiled once per instruction-set
-   level (kernels.h): the activations and layer norms, row by row, forward and backward (the
-   linear layers are torch's matrix products). */
+   level (kernels.h): a register-tiled GEMM for the per-element linear layers, and the
+   activations and layer norms, row by row, forward and backward. */
 
 #include "isa_kernels.h"
 #include "vector_math.h"
+
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
@@ -15,6 +17,104 @@ namespace {
 
 // torch.nn.functional.layer_norm's default epsilon
 constexpr double NORM_EPSILON = 1e-5;
+// rows per task of the GEMM
+constexpr int64_t ROW_GRAIN = 64;
+
+// The register tile of gemm: `rows` rows by `vectors` SIMD vectors of columns, its accumulators
+// in registers (AVX-512: 32 registers of 64 bytes; otherwise 16 of 32 bytes)
+template <typename T> struct Tile {
+#if defined(__AVX512F__)
+  static constexpr int64_t bytes = 64, rows = 6, vectors = 4;
+#else
+  static constexpr int64_t bytes = 32, rows = 4, vectors = 3;
+#endif
+  typedef T vec __attribute__((vector_size(bytes)));
+  // the same at any address, for loads and stores
+  typedef T unaligned_vec __attribute__((vector_size(bytes), aligned(sizeof(T))));
+  static constexpr int64_t lanes = bytes / sizeof(T);
+  // the columns of one panel
+  static constexpr int64_t width = vectors * lanes;
+  static vec load(const T *p) { return *reinterpret_cast<const unaligned_vec *>(p); }
+  static void store(T *p, const vec &v) { *reinterpret_cast<unaligned_vec *>(p) = v; }
+};
+
+// R rows of c = bias + a b over one panel of Tile::width columns: `panel` holds the bias row and
+// then b's k rows, zero beyond b's columns; the first `columns` of them are stored
+template <typename T, int64_t R>
+void gemm_tile(const T *a, int64_t lda, int64_t k, const T *panel, int64_t columns, T *c,
+               int64_t ldc)
+{
+  using V = Tile<T>;
+  typename V::vec acc[R][V::vectors];
+#pragma GCC unroll 8
+  for (int64_t v = 0; v < V::vectors; ++v)
+#pragma GCC unroll 8
+    for (int64_t r = 0; r < R; ++r) acc[r][v] = V::load(panel + v * V::lanes);
+  for (int64_t p = 0; p < k; ++p) {
+    const T *b = panel + (p + 1) * V::width;
+#pragma GCC unroll 8
+    for (int64_t r = 0; r < R; ++r) {
+      const T x = a[r * lda + p];
+#pragma GCC unroll 8
+      for (int64_t v = 0; v < V::vectors; ++v) acc[r][v] += x * V::load(b + v * V::lanes);
+    }
+  }
+  T row[V::width];
+#pragma GCC unroll 8
+  for (int64_t r = 0; r < R; ++r) {
+    // a whole panel's row, or the first `columns` of it through `row`
+    T *out = columns == V::width ? c + r * ldc : row;
+#pragma GCC unroll 8
+    for (int64_t v = 0; v < V::vectors; ++v) V::store(out + v * V::lanes, acc[r][v]);
+    if (columns < V::width) std::copy(row, row + columns, c + r * ldc);
+  }
+}
+
+// gemm_tile with R = rows <= Tile::rows
+template <typename T, int64_t R = Tile<T>::rows>
+void gemm_rows(int64_t rows, const T *a, int64_t lda, int64_t k, const T *panel,
+               int64_t columns, T *c, int64_t ldc)
+{
+  if (rows == R)
+    gemm_tile<T, R>(a, lda, k, panel, columns, c, ldc);
+  else if constexpr (R > 1)
+    gemm_rows<T, R - 1>(rows, a, lda, k, panel, columns, c, ldc);
+}
+
+// c[i, j] = bias[j] + sum_p a[i, p] b[p * b_row + j * b_col] for i < m, j < n (no bias when
+// null); a and c row-major with leading dimensions lda and ldc. b is packed into panels of tile
+// width, and the row tiles run in parallel. The networks' GEMMs are small (k, n <= a few
+// hundred) and many (one per layer and element): a BLAS call per GEMM, with its tensor views,
+// costs more than the arithmetic, and a library may not use the widest vectors this level has.
+template <typename T>
+void gemm(int64_t m, int64_t n, int64_t k, const T *a, int64_t lda, const T *b, int64_t b_row,
+          int64_t b_col, const T *bias, T *c, int64_t ldc)
+{
+  using V = Tile<T>;
+  if (m == 0 || n == 0) return;
+  const int64_t panels = (n + V::width - 1) / V::width, panel_size = (k + 1) * V::width;
+  std::vector<T> packed(panels * panel_size, T(0));
+  for (int64_t q = 0; q < panels; ++q) {
+    T *panel = packed.data() + q * panel_size;
+    const int64_t j0 = q * V::width, columns = std::min(V::width, n - j0);
+    if (bias != nullptr) std::copy(bias + j0, bias + j0 + columns, panel);
+    for (int64_t p = 0; p < k; ++p)
+      for (int64_t j = 0; j < columns; ++j)
+        panel[(p + 1) * V::width + j] = b[p * b_row + (j0 + j) * b_col];
+  }
+  const int64_t tiles = (m + V::rows - 1) / V::rows;
+  const int64_t grain = std::max<int64_t>(1, ROW_GRAIN / V::rows);
+  at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t i0 = t * V::rows, rows = std::min(V::rows, m - i0);
+      for (int64_t q = 0; q < panels; ++q) {
+        const int64_t j0 = q * V::width;
+        gemm_rows<T>(rows, a + i0 * lda, lda, k, packed.data() + q * panel_size,
+                     std::min(V::width, n - j0), c + i0 * ldc + j0, ldc);
+      }
+    }
+  });
+}
 
 // Rows r0 ... r1 - 1 of [N, W] x through the activation: a = act(x) and its slope d = act'(x),
 // with the per-neuron alpha, beta [W] of the rows' element
@@ -241,6 +341,7 @@ void dual_backward_rows(const T *pre, const T *alpha, const T *beta, int64_t kin
 
 template <typename T> void add_network_kernels(KernelSet<T> &set)
 {
+  set.gemm = &gemm<T>;
   set.activate_rows = &activate_rows<T>;
   set.normalise_rows = &normalise_rows<T>;
   set.norm_activation_backward_rows = &norm_activation_backward_rows<T>;

@@ -21,7 +21,7 @@
      2 silu.
 
    The atoms are grouped by element once (a counting sort; no copy when they already are), each
-   linear layer is one matrix product (torch's, MKL) per element over its rows, and each
+   linear layer is one GEMM per element over its rows (kernels/networks.cpp), and each
    activation with its layer norm is one pass that also keeps what the backward pass needs (the
    activation's slope, the normalised values and their 1/sigma). The backward pass gives the
    gradient with respect to x (forces) and, when the parameters require gradients, theirs; it is
@@ -106,20 +106,19 @@ Tensor to_groups(const Tensor &values, const Groups &g) { return regroup<true>(v
 Tensor from_groups(const Tensor &grouped, const Groups &g) { return regroup<false>(grouped, g); }
 
 // out = in W_k[e] + b_k[e] for each element's rows (in: [N, in_k] contiguous, out: [N, out_k]);
-// no bias when it is undefined. One BLAS call per element: torch's MKL, writing into the rows
-// of `out`
+// no bias when it is undefined
 Tensor linear(const Tensor &in, const Tensor &weight, const Tensor &bias, const Groups &g)
 {
-  Tensor out = torch::empty({in.size(0), weight.size(2)}, in.options());
-  for (size_t e = 0; e + 1 < g.offset.size(); ++e) {
-    const int64_t first = g.offset[e], rows = g.offset[e + 1] - first;
-    if (rows == 0) continue;
-    Tensor rows_out = out.narrow(0, first, rows);
-    if (bias.defined())
-      at::addmm_out(rows_out, bias[e], in.narrow(0, first, rows), weight[e]);
-    else
-      at::mm_out(rows_out, in.narrow(0, first, rows), weight[e]);
-  }
+  const int64_t width = in.size(1), out_width = weight.size(2);
+  Tensor out = torch::empty({in.size(0), out_width}, in.options());
+  AT_DISPATCH_FLOATING_TYPES(in.scalar_type(), "reann::element_networks linear", [&] {
+    for (size_t e = 0; e + 1 < g.offset.size(); ++e)
+      reann::kernels<scalar_t>().gemm(g.offset[e + 1] - g.offset[e], out_width, width,
+                     in.data_ptr<scalar_t>() + g.offset[e] * width, width,
+                     weight.data_ptr<scalar_t>() + e * width * out_width, out_width, 1,
+                     bias.defined() ? bias.data_ptr<scalar_t>() + e * out_width : nullptr,
+                     out.data_ptr<scalar_t>() + g.offset[e] * out_width, out_width);
+  });
   return out;
 }
 
@@ -127,13 +126,15 @@ Tensor linear(const Tensor &in, const Tensor &weight, const Tensor &bias, const 
 // (grad: [N, out_k] contiguous, out: [N, in_k])
 Tensor linear_backward(const Tensor &grad, const Tensor &weight, const Groups &g)
 {
-  Tensor out = torch::empty({grad.size(0), weight.size(1)}, grad.options());
-  for (size_t e = 0; e + 1 < g.offset.size(); ++e) {
-    const int64_t first = g.offset[e], rows = g.offset[e + 1] - first;
-    if (rows == 0) continue;
-    Tensor rows_out = out.narrow(0, first, rows);
-    at::mm_out(rows_out, grad.narrow(0, first, rows), weight[e].t());
-  }
+  const int64_t width = weight.size(1), out_width = weight.size(2);
+  Tensor out = torch::empty({grad.size(0), width}, grad.options());
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "reann::element_networks linear backward", [&] {
+    for (size_t e = 0; e + 1 < g.offset.size(); ++e)
+      reann::kernels<scalar_t>().gemm(g.offset[e + 1] - g.offset[e], width, out_width,
+                     grad.data_ptr<scalar_t>() + g.offset[e] * out_width, out_width,
+                     weight.data_ptr<scalar_t>() + e * width * out_width, 1, out_width, nullptr,
+                     out.data_ptr<scalar_t>() + g.offset[e] * width, width);
+  });
   return out;
 }
 

@@ -336,8 +336,9 @@ def test_element_networks_threads_agree_and_take_empty_input():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("hidden", [[64, 64], [70, 33]])
 def test_element_networks_at_the_default_widths(dtype, hidden):
-    """The op at the default widths and at odd ones: 108 inputs, elements of 1, 13 and 50 atoms
-    in shuffled order (each element's rows are a slice of the grouped atoms)."""
+    """The op's GEMM tiles (6 or 4 rows, panels of 12-64 columns) at the default widths and at
+    widths across panel boundaries: 108 inputs, elements of 1, 13 and 50 atoms (rows not a
+    whole number of tiles)."""
     stage = networks(hidden, dtype, activation="tanh_like", num_inputs=108, seed=3)
     order = torch.randperm(64, generator=torch.Generator().manual_seed(5))
     atom_types = torch.tensor([0] + [1] * 13 + [2] * 50)[order]

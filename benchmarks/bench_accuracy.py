@@ -486,7 +486,8 @@ def format_report(rows: List[dict], args) -> str:
     budget = f"{args.epochs} epochs" if args.epochs else f"{args.minutes} min"
     lines = [
         f"Each model {budget} of nequip-train on {args.threads} threads; test errors of "
-        "the best (validation) checkpoint, EMA weights.",
+        "the best (validation) checkpoint, EMA weights."
+        + (f" Learning curves: `{args.plot}`." if getattr(args, "plot", None) else ""),
         "",
         "| data | seed | model | energy MAE (meV) | energy RMSE (meV) | force MAE (meV/Å) | "
         "force RMSE (meV/Å) | steps | MD cost (µs/atom) |",

@@ -27,20 +27,24 @@ def checkout(path):
     return path
 
 
-def test_ab_gives_each_sides_figures_and_their_ratio_by_round(tmp_path):
-    root = checkout(tmp_path / "checkout")
-    result = subprocess.run(
-        [
-            sys.executable, str(REPO_ROOT / "benchmarks" / "ab.py"),
-            "--a", str(root), "--b", str(root),
-            "--a-env", "SPEED=20",
-            "--b-env", "SPEED=25",
-            "--rounds", "2",
-            "--", "fake.py",
-        ],
+def run_ab(*arguments, check=True):
+    """benchmarks/ab.py with ``arguments``, its output captured."""
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "ab.py"), *arguments],
         capture_output=True,
         text=True,
-        check=True,
+        check=check,
+    )
+
+
+def test_ab_gives_each_sides_figures_and_their_ratio_by_round(tmp_path):
+    root = checkout(tmp_path / "checkout")
+    result = run_ab(
+        "--a", str(root), "--b", str(root),
+        "--a-env", "SPEED=20",
+        "--b-env", "SPEED=25",
+        "--rounds", "2",
+        "--", "fake.py",
     )  # fmt: skip
     row = re.search(
         r"^\| float32 12288 atoms \| (.*) \| (.*) \| (.*) \| (.*) \|$", result.stdout, re.M
@@ -52,30 +56,21 @@ def test_ab_gives_each_sides_figures_and_their_ratio_by_round(tmp_path):
 
 def test_ab_refuses_an_environment_variable_without_a_value(tmp_path):
     root = checkout(tmp_path / "checkout")
-    result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "benchmarks" / "ab.py"), "--a", str(root), "--b",
-         str(root), "--b-env", "SPEED", "--", "fake.py"],
-        capture_output=True,
-        text=True,
-    )  # fmt: skip
+    result = run_ab(
+        "--a", str(root), "--b", str(root), "--b-env", "SPEED", "--", "fake.py", check=False
+    )
     assert result.returncode == 2 and "KEY=VALUE" in result.stderr
 
 
 def test_ab_gives_one_side_its_own_arguments(tmp_path):
     root = checkout(tmp_path / "checkout")
-    result = subprocess.run(
-        [
-            sys.executable, str(REPO_ROOT / "benchmarks" / "ab.py"),
-            "--a", str(root), "--b", str(root),
-            "--a-env", "SPEED=20",
-            "--b-env", "SPEED=20",
-            "--b-args=--factor 1.5",
-            "--rounds", "1",
-            "--", "fake.py",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
+    result = run_ab(
+        "--a", str(root), "--b", str(root),
+        "--a-env", "SPEED=20",
+        "--b-env", "SPEED=20",
+        "--b-args=--factor 1.5",
+        "--rounds", "1",
+        "--", "fake.py",
     )  # fmt: skip
     row = re.search(r"^\| float32 12288 atoms \| .* \| (.*) \|$", result.stdout, re.M)
     assert row and row.group(1) == "1.500", result.stdout

@@ -487,7 +487,7 @@ def format_report(rows: List[dict], args) -> str:
     lines = [
         f"Each model {budget} of nequip-train on {args.threads} threads; test errors of "
         "the best (validation) checkpoint, EMA weights."
-        + (f" Learning curves: `{args.plot}`." if getattr(args, "plot", None) else ""),
+        + (f" Learning curves: `{args.plot}`." if args.plot else ""),
         "",
         "| data | seed | model | energy MAE (meV) | energy RMSE (meV) | force MAE (meV/Å) | "
         "force RMSE (meV/Å) | steps | MD cost (µs/atom) |",

@@ -10,7 +10,9 @@ NequIP with the same data, loss, metrics, EMA and budget, its model and optimise
 against training wall-clock time, read from Lightning's timer in each checkpoint), and the report
 gives REANN's time to reach NequIP's final test force error. MD cost: energy and forces of a test
 frame through each model's ASE calculator (REANN: ``nequip-deploy``'s TorchScript file; NequIP:
-``nequip-compile``'s AOTInductor file), µs per atom, one thread.
+``nequip-compile``'s AOTInductor file), µs per atom, one thread. ``--json`` is written after every
+data set and seed; with ``--merge`` a run adds its rows to the file's, so seeds and data sets can
+be run one at a time.
 
 Data sets (``--datasets``):
 
@@ -26,6 +28,7 @@ Example::
 
     .venv/bin/python benchmarks/bench_accuracy.py --datasets ethanol --minutes 15 --seeds 1 2 3
     .venv/bin/python benchmarks/bench_accuracy.py --datasets ch4 --minutes 1 --no-md-cost
+    .venv/bin/python benchmarks/bench_accuracy.py --datasets water --seeds 2 --merge --json r.json
 """
 
 import argparse
@@ -37,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 from provenance import provenance
@@ -443,14 +446,15 @@ def time_to_reach(curve: List[dict], target: float) -> Optional[float]:
 # === driver ===
 
 
-def run_dataset(name: str, args, workdir: pathlib.Path) -> List[dict]:
+def run_dataset(name: str, args, workdir: pathlib.Path) -> Iterator[dict]:
+    """Train and test both models on data set ``name``, one seed after another; yields each
+    seed's row as soon as it is complete."""
     import ase.io
 
     dataset = DATASETS[name]
     pool, test = (_labelled(frames) for frames in dataset.frames())
     pool_file = workdir / f"{name}_pool.xyz"
     ase.io.write(pool_file, pool, format="extxyz")
-    rows = []
     for seed in args.seeds:
         row = {"dataset": name, "seed": seed, "pool": len(pool), "test": len(test)}
         for model in args.models:
@@ -478,8 +482,72 @@ def run_dataset(name: str, args, workdir: pathlib.Path) -> List[dict]:
         if set(MODELS) <= set(args.models):
             target = row["nequip"]["final"]["forces_mae_meV_per_A"]
             row["reann_seconds_to_nequip_final"] = time_to_reach(row["reann"]["curve"], target)
-        rows.append(row)
-    return rows
+        yield row
+
+
+# settings a --merge run must share with the file it adds to
+MERGE_SETTINGS = (
+    "models",
+    "minutes",
+    "epochs",
+    "threads",
+    "curve_seconds",
+    "md_cost",
+    "reann_config",
+    "reann_overrides",
+)
+
+
+def previous_rows(path: pathlib.Path, args) -> List[dict]:
+    """The rows of an earlier ``--json`` file (none if there is no file), for ``--merge``; its
+    settings must be this run's."""
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    for key in MERGE_SETTINGS:
+        if data["arguments"].get(key) != getattr(args, key):
+            raise SystemExit(
+                f"error: {path} was made with {key}={data['arguments'].get(key)!r}, this run "
+                f"has {getattr(args, key)!r}; --merge adds only to results of the same settings"
+            )
+    return data["rows"]
+
+
+def merged(previous: List[dict], new: List[dict]) -> List[dict]:
+    """One row per data set and seed, a new row replacing a previous one of the same data set
+    and seed, ordered by data set (as in ``DATASETS``) and seed."""
+    by_key = {(row["dataset"], row["seed"]): row for row in [*previous, *new]}
+    order = list(DATASETS)
+    return [by_key[key] for key in sorted(by_key, key=lambda k: (order.index(k[0]), k[1]))]
+
+
+def one_run_argv(args, rows: List[dict]) -> List[str]:
+    """The arguments of a single run that makes all of ``rows`` (the command a ``--json``
+    file records, also when it was filled by several ``--merge`` runs)."""
+    datasets = list(dict.fromkeys(row["dataset"] for row in rows))
+    seeds = sorted({row["seed"] for row in rows})
+    argv = ["--datasets", *datasets, "--models", *args.models]
+    argv += ["--epochs", str(args.epochs)] if args.epochs else ["--minutes", str(args.minutes)]
+    argv += ["--seeds", *map(str, seeds), "--threads", str(args.threads)]
+    argv += ["--curve-seconds", str(args.curve_seconds)]
+    argv += [] if args.md_cost else ["--no-md-cost"]
+    argv += ["--reann-config", args.reann_config] if args.reann_config else []
+    argv += ["--reann-overrides", *args.reann_overrides] if args.reann_overrides else []
+    argv += ["--json", args.json] + (["--plot", args.plot] if args.plot else [])
+    return argv
+
+
+def write_results(path: pathlib.Path, rows: List[dict], args) -> None:
+    """The ``--json`` file of ``rows``: the command of one run that makes them all, the machine,
+    the arguments and the rows."""
+    argv = one_run_argv(args, rows)
+    arguments = {
+        **vars(args),
+        "datasets": list(dict.fromkeys(row["dataset"] for row in rows)),
+        "seeds": sorted({row["seed"] for row in rows}),
+    }
+    document = {**provenance(__file__, argv), "arguments": arguments, "rows": rows}
+    path.write_text(json.dumps(document, indent=1))
 
 
 def format_report(rows: List[dict], args) -> str:
@@ -549,7 +617,8 @@ def headline(data: dict) -> list:
         ]
         rows.append(
             (
-                f"test force MAE, REANN / NequIP, {name}, {budget} of training each",
+                f"test force MAE, REANN / NequIP, {name}, {budget} of training each"
+                + (f" (median of {len(ratios)} seeds)" if len(ratios) > 1 else ""),
                 f"{float(np.median(ratios)):.2f}",
             )
         )
@@ -566,7 +635,7 @@ def plot_curves(rows: List[dict], args, path: pathlib.Path) -> None:
     figure, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.6), squeeze=False)
     colors = {"reann": "tab:blue", "nequip": "tab:orange"}
     for axis, name in zip(axes[0], datasets):
-        for row in (r for r in rows if r["dataset"] == name):
+        for index, row in enumerate(r for r in rows if r["dataset"] == name):
             for model in args.models:
                 curve = row[model]["curve"]
                 axis.plot(
@@ -574,7 +643,7 @@ def plot_curves(rows: List[dict], args, path: pathlib.Path) -> None:
                     [p["forces_mae_meV_per_A"] for p in curve],
                     color=colors[model],
                     alpha=0.8,
-                    label=f"{LABELS[model]}" if row["seed"] == args.seeds[0] else None,
+                    label=LABELS[model] if index == 0 else None,
                 )
         axis.set_title(name)
         axis.set_xlabel("training time (min)")
@@ -583,6 +652,7 @@ def plot_curves(rows: List[dict], args, path: pathlib.Path) -> None:
         axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -605,26 +675,36 @@ def main(argv: Optional[List[str]] = None) -> None:
         help="KEY=VALUE changes of REANN's config (dotted keys), e.g. for an ablation",
     )
     parser.add_argument("--workdir", help="keep the runs here (default: a temporary folder)")
-    parser.add_argument("--json", help="write the results here")
+    parser.add_argument(
+        "--json", help="write the results here, after every data set and seed is complete"
+    )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="add to the --json file's rows (same settings) instead of replacing them; a data "
+        "set and seed run again replaces its row",
+    )
     parser.add_argument("--plot", help="the learning curves' PNG (default: none)")
     args = parser.parse_args(argv)
+    if args.merge and not args.json:
+        parser.error("--merge needs --json")
+    previous = previous_rows(pathlib.Path(args.json), args) if args.merge else []
 
     from nequip.utils.global_state import set_global_state
 
     set_global_state()
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = pathlib.Path(args.workdir or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        rows = [row for name in args.datasets for row in run_dataset(name, args, workdir)]
-    print(format_report(rows, args))
-    if args.plot:
-        plot_curves(rows, args, pathlib.Path(args.plot))
-    if args.json:
-        pathlib.Path(args.json).write_text(
-            json.dumps(
-                {**provenance(__file__, argv), "arguments": vars(args), "rows": rows}, indent=1
-            )
-        )
+        for name in args.datasets:
+            for row in run_dataset(name, args, workdir):
+                rows.append(row)
+                if args.json:
+                    write_results(pathlib.Path(args.json), merged(previous, rows), args)
+                if args.plot:
+                    plot_curves(merged(previous, rows), args, pathlib.Path(args.plot))
+    print(format_report(merged(previous, rows), args))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,16 @@ process (one torch thread) so that its peak resident memory is its own:
 - **training**: forward with forces, energy-per-atom + force MSE, backward, Adam step of the nequip
   ``GraphModel`` in float32 on batches of CO2/Ni(100) frames (REANN ``configuration`` file) and of
   192-atom water frames, on the C++ kernels (``cpu_kernels: true``) and with torch operations
-  (``cpu_kernels: false``).
+  (``cpu_kernels: false``);
+- **small molecules** (``--molecules``: the shipped CH4 and ethanol): the model of
+  ``configs/reann_molecules.yaml`` (r_max 5 Å, 8 Gaussians, l_max 2, 2 recursions, widths 64 64) in
+  float64, where a training step costs mostly fixed overhead rather than arithmetic. *Model step*:
+  one training step of the model alone (forward, forces, per-atom energy + 50 × force MSE,
+  backward, AdamW) on a batch of ``--molecule-batch`` frames. *nequip-train*: training frames per
+  second of ``nequip-train`` with ``--train-config`` set to that model, data and batch size, from
+  the wall-clock difference between a run of ``--epochs`` epochs and a run of one epoch, so that
+  start-up cancels; everything an epoch holds counts (data loading, EMA, validation, metrics,
+  checkpoints).
 
 Times are medians of wall-clock (and process CPU) times per call after warm-up calls. Achieved
 GFLOP/s divide the model's arithmetic (``model_flops_per_atom``: multiply-adds of the neighbour
@@ -21,6 +30,7 @@ Example::
 
     .venv/bin/python benchmarks/bench_model.py
     .venv/bin/python benchmarks/bench_model.py --sizes 192 1536 --dtypes float32 --no-training
+    .venv/bin/python benchmarks/bench_model.py --sizes 192 --no-training --molecules ch4 ethanol
 """
 
 import argparse
@@ -41,10 +51,30 @@ from provenance import write_json
 
 R_MAX = 5.0
 NUM_GAUSSIANS, L_MAX, NUM_RECURSIONS, HIDDEN = 8, 2, 3, [64, 64]
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+# the shipped molecules: extxyz file and isolated-atom energies (eV), the per-type shifts
+MOLECULES = {
+    "ch4": ("examples/ch4/ch4_b3lyp_augccpvdz.xyz", "examples/ch4/isolated_atom_energies.json"),
+    "ethanol": (
+        "examples/molecules/ethanol_b3lyp_631gd.xyz",
+        "examples/molecules/isolated_atom_energies.json",
+    ),
+}
+# the model of configs/reann_molecules.yaml, set explicitly so that any checkout trains the same
+MOLECULE_MODEL = {
+    "r_max": 5.0,
+    "num_gaussians": 8,
+    "l_max": 2,
+    "num_recursions": 2,
+    "energy_network": {"hidden": [64, 64], "num_blocks": 1},
+    "coefficient_network": {"hidden": [64, 64], "num_blocks": 1},
+}
+MOLECULE_VAL, MOLECULE_TEST = 50, 50  # frames held out of the nequip-train epochs
 
 
-def model_flops_per_atom(avg_num_neighbors: float) -> float:
-    """FLOPs of energy + forces per atom of the default model, counted from its definition.
+def model_flops_per_atom(avg_num_neighbors: float, num_recursions: int = NUM_RECURSIONS) -> float:
+    """FLOPs of energy + forces per atom of the default model (with ``num_recursions``), counted
+    from its definition.
 
     Multiply-adds (2 FLOPs each) of the forward pass: per density evaluation (T + 1 of them) the
     neighbour sum, C × K × neighbours (C = 10 distinct monomials up to L = 2), and the mixing,
@@ -59,7 +89,7 @@ def model_flops_per_atom(avg_num_neighbors: float) -> float:
     block = HIDDEN[0] * HIDDEN[1] + HIDDEN[1] * HIDDEN[0]
     coefficient_network = orbitals * HIDDEN[0] + block + HIDDEN[0] * NUM_GAUSSIANS
     energy_network = orbitals * HIDDEN[0] + block + HIDDEN[0]
-    forward = (NUM_RECURSIONS + 1) * density + NUM_RECURSIONS * coefficient_network + energy_network
+    forward = (num_recursions + 1) * density + num_recursions * coefficient_network + energy_network
     return 3 * 2 * forward
 
 
@@ -223,6 +253,142 @@ def training_worker(args: argparse.Namespace) -> Dict:
     }
 
 
+def _molecule(name: str):
+    """The molecule's frames (ASE, with energies and forces), element names and isolated-atom
+    energies (eV)."""
+    import ase.io
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    path, isolated = MOLECULES[name]
+    frames = []
+    # geometry, energy and forces only: a CH4 frame's dipole would read as a per-atom field
+    for frame in ase.io.read(REPO_ROOT / path, index=":"):
+        atoms = Atoms(frame.numbers, positions=frame.positions)
+        atoms.calc = SinglePointCalculator(
+            atoms, energy=frame.get_potential_energy(), forces=frame.get_forces()
+        )
+        frames.append(atoms)
+    shifts = json.loads((REPO_ROOT / isolated).read_text())
+    elements = sorted({s for atoms in frames for s in atoms.get_chemical_symbols()})
+    return frames, elements, {e: shifts[e] for e in elements}
+
+
+def molecule_step_worker(args: argparse.Namespace) -> Dict:
+    import torch
+    from nequip.data import AtomicDataDict, compute_neighborlist_, from_ase
+    from nequip.utils.global_state import set_global_state
+
+    from reann_nequip.data import ChemicalSpeciesToAtomTypeMapper
+    from reann_nequip.model import ReannModel
+
+    set_global_state()
+    torch.set_num_threads(1)
+    frames, elements, shifts = _molecule(args.molecule)
+    frames = frames[: args.batch_size]
+    mapper = ChemicalSpeciesToAtomTypeMapper(model_type_names=elements)
+    graphs = [
+        compute_neighborlist_(mapper(from_ase(atoms)), r_max=MOLECULE_MODEL["r_max"])
+        for atoms in frames
+    ]
+    batch = AtomicDataDict.batched_from_list(graphs)
+    atoms_per_frame = torch.tensor([len(a) for a in frames], dtype=torch.float64)
+    reference_energy = batch[AtomicDataDict.TOTAL_ENERGY_KEY].view(-1) / atoms_per_frame
+    reference_forces = batch[AtomicDataDict.FORCE_KEY]
+    avg_num_neighbors = AtomicDataDict.num_edges(batch) / AtomicDataDict.num_nodes(batch)
+    model = ReannModel(
+        seed=0,
+        model_dtype="float64",
+        type_names=elements,
+        avg_num_neighbors=avg_num_neighbors,
+        per_type_energy_shifts=shifts,
+        per_type_energy_scales=float(reference_forces.square().mean().sqrt()),
+        **MOLECULE_MODEL,
+    ).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=0.0)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        out = model(dict(batch))
+        energy = out[AtomicDataDict.TOTAL_ENERGY_KEY].view(-1) / atoms_per_frame
+        loss = torch.nn.functional.mse_loss(energy, reference_energy)
+        loss = loss + 50.0 * torch.nn.functional.mse_loss(
+            out[AtomicDataDict.FORCE_KEY], reference_forces
+        )
+        loss.backward()
+        optimizer.step()
+        if not bool(torch.isfinite(loss)):
+            raise RuntimeError("non-finite training loss")
+
+    return {
+        **_time_calls(step, args.warmup, args.min_repeats, args.time_limit),
+        "frames": len(frames),
+        "atoms": AtomicDataDict.num_nodes(batch),
+        # as the water training rows: forces in the loss, the parameter gradient 2 × more
+        "flops_per_atom": 3
+        * model_flops_per_atom(avg_num_neighbors, MOLECULE_MODEL["num_recursions"]),
+    }
+
+
+def _hydra_value(value) -> str:
+    """``value`` as the right-hand side of a Hydra command-line override (YAML flow style)."""
+    import yaml
+
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    return text.removesuffix("...").strip()
+
+
+def nequip_train_seconds(args: argparse.Namespace, epochs: int, run_dir: pathlib.Path) -> float:
+    """Wall-clock seconds of ``nequip-train`` (one thread) on the molecule for ``epochs`` epochs,
+    ``--train-config`` set to the molecule model, data and batch size."""
+    frames, elements, shifts = _molecule(args.molecule)
+    config = pathlib.Path(args.train_config).resolve()
+    train = len(frames) - MOLECULE_VAL - MOLECULE_TEST
+    model = {f"training_module.model.{key}": value for key, value in MOLECULE_MODEL.items()}
+    overrides = {
+        "run": ["train"],
+        "data_file": str(REPO_ROOT / MOLECULES[args.molecule][0]),
+        "model_type_names": elements,
+        "cutoff_radius": MOLECULE_MODEL["r_max"],
+        "model_dtype": "float64",
+        "data.split_dataset.train": train,
+        "data.split_dataset.val": MOLECULE_VAL,
+        "data.split_dataset.test": MOLECULE_TEST,
+        "data.train_dataloader.batch_size": args.batch_size,
+        "++data.exclude_keys": ["dipole"],
+        "trainer.max_epochs": epochs,
+        "trainer.max_time": None,
+        **{key: value for key, value in model.items() if key != "training_module.model.r_max"},
+        "++training_module.model.per_type_energy_shifts": shifts,
+    }
+    command = [str(pathlib.Path(sys.executable).parent / "nequip-train")]
+    command += ["-cp", str(config.parent), "-cn", config.stem, f"hydra.run.dir={run_dir}"]
+    command += [f"{key}={_hydra_value(value)}" for key, value in overrides.items()]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    return seconds
+
+
+def molecule_training(args: argparse.Namespace) -> Dict:
+    """nequip-train's training frames per second on ``args.molecule``: ``--epochs`` epochs less
+    one, divided by the wall-clock difference of the two runs."""
+    frames, _, _ = _molecule(args.molecule)
+    train = len(frames) - MOLECULE_VAL - MOLECULE_TEST
+    with tempfile.TemporaryDirectory() as tmp:
+        short = nequip_train_seconds(args, 1, pathlib.Path(tmp) / "short")
+        long = nequip_train_seconds(args, args.epochs, pathlib.Path(tmp) / "long")
+    return {
+        "train_frames": train,
+        "epochs": args.epochs,
+        "seconds_per_epoch": (long - short) / (args.epochs - 1),
+        "startup_seconds": short - (long - short) / (args.epochs - 1),
+    }
+
+
 def run_worker(args: argparse.Namespace, **options) -> Dict:
     """This script in a fresh process with ``--worker`` and ``options``; returns its JSON."""
     command = [sys.executable, __file__, "--worker", json.dumps(options)]
@@ -243,7 +409,13 @@ def main(argv: Optional[List[str]] = None) -> None:
         default="../shared/data/co2_ni100_reann/val/configuration",
         help="REANN configuration file of CO2/Ni(100) frames (fractional coordinates)",
     )
-    parser.add_argument("--sizes", type=int, nargs="+", default=[192, 1536, 12288])
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="*",
+        default=[192, 1536, 12288],
+        help="water sizes of the deployed file (none: skip it)",
+    )
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
     parser.add_argument("--co2-batch", type=int, default=128, help="CO2/Ni(100) frames per step")
     parser.add_argument("--water-batch", type=int, default=128, help="water frames per step")
@@ -254,7 +426,23 @@ def main(argv: Optional[List[str]] = None) -> None:
         choices=["kernels", "torch"],
         help="training runs in these forms of the model",
     )
-    parser.add_argument("--no-training", action="store_true", help="deployed model only")
+    parser.add_argument("--no-training", action="store_true", help="no training steps on water")
+    parser.add_argument(
+        "--molecules",
+        nargs="*",
+        default=list(MOLECULES),
+        choices=list(MOLECULES),
+        help="small-molecule training: model step and nequip-train (none: skip)",
+    )
+    parser.add_argument("--molecule-batch", type=int, default=5, help="molecule frames per step")
+    parser.add_argument(
+        "--train-config",
+        default=str(REPO_ROOT / "configs" / "reann_molecules.yaml"),
+        help="nequip-train config of the molecule runs (data, model and batch size overridden)",
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=4, help="epochs of the longer nequip-train run"
+    )
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls")
     parser.add_argument("--min-repeats", type=int, default=3, help="timed calls, at least")
     parser.add_argument("--time-limit", type=float, default=10.0, help="timed seconds, at least")
@@ -265,9 +453,15 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.worker is not None:
         options = json.loads(args.worker)
         vars(args).update(options)
-        worker = deployed_worker if options["kind"] == "deployed" else training_worker
-        print(json.dumps(worker(args)))
+        workers = {
+            "deployed": deployed_worker,
+            "training": training_worker,
+            "molecule_step": molecule_step_worker,
+        }
+        print(json.dumps(workers[options["kind"]](args)))
         return
+    if args.molecules and args.epochs < 2:
+        parser.error("--epochs must be at least 2: the rate is that of the epochs after the first")
     unknown = sorted(set(args.sizes) - set(REPLICAS))
     if unknown:
         raise SystemExit(f"error: `--sizes` must be among {sorted(REPLICAS)}, found {unknown}")
@@ -301,8 +495,27 @@ def main(argv: Optional[List[str]] = None) -> None:
                     flush=True,
                 )
 
+    molecules = []
+    for name in args.molecules:
+        step = run_worker(args, kind="molecule_step", molecule=name, batch_size=args.molecule_batch)
+        train_args = argparse.Namespace(**{**vars(args), "molecule": name})
+        train_args.batch_size = args.molecule_batch
+        trainer = molecule_training(train_args)
+        molecules.append({"molecule": name, "step": step, "nequip_train": trainer})
+        print(
+            f"  molecule {name}: model step {1e3 * step['wall']:.1f} ms, nequip-train "
+            f"{trainer['train_frames'] / trainer['seconds_per_epoch']:.0f} frames/s",
+            file=sys.stderr,
+            flush=True,
+        )
+
     load_end = os.getloadavg()[0]
-    results = {"load_average": [load, load_end], "deployed": deployed, "training": training}
+    results = {
+        "load_average": [load, load_end],
+        "deployed": deployed,
+        "training": training,
+        "molecules": molecules,
+    }
     print(
         f"\nREANN model speed, {platform.processor() or platform.machine()}, {os.cpu_count()} "
         f"cores, 1 torch thread, load average {load:.1f} at start → {load_end:.1f}\n"
@@ -313,24 +526,26 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 def markdown(results: Dict) -> str:
-    """The tables of a ``--json`` file's ``results``: the deployed file, and training steps
-    when they ran."""
-    lines = [
-        "Deployed file (energy + forces + virial), bulk water; times are medians per call",
-        "",
-        "| dtype | atoms | µs/atom-step | CPU µs/atom-step | GFLOP/s | peak RSS (MB) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row in results["deployed"]:
-        per_atom = row["wall"] / row["atoms"]
-        lines.append(
-            f"| {row['dtype']} | {row['atoms']} | {1e6 * per_atom:.1f} | "
-            f"{1e6 * row['cpu'] / row['atoms']:.1f} | {1e-9 * row['flops_per_atom'] / per_atom:.2f} "
-            f"| {row['peak_rss_mb']:.0f} |"
-        )
-    if results["training"]:
-        lines += [
+    """The tables of a ``--json`` file's ``results``: those of the parts that ran (deployed
+    file, training steps, small molecules)."""
+    sections = []
+    if results["deployed"]:
+        lines = [
+            "Deployed file (energy + forces + virial), bulk water; times are medians per call",
             "",
+            "| dtype | atoms | µs/atom-step | CPU µs/atom-step | GFLOP/s | peak RSS (MB) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in results["deployed"]:
+            per_atom = row["wall"] / row["atoms"]
+            lines.append(
+                f"| {row['dtype']} | {row['atoms']} | {1e6 * per_atom:.1f} | "
+                f"{1e6 * row['cpu'] / row['atoms']:.1f} | "
+                f"{1e-9 * row['flops_per_atom'] / per_atom:.2f} | {row['peak_rss_mb']:.0f} |"
+            )
+        sections.append(lines)
+    if results["training"]:
+        lines = [
             "Training step (float32; forward, forces, energy + force MSE, backward, Adam)",
             "",
             "| frames | form | batch | atoms | ms/step | frames/s | GFLOP/s | peak RSS (MB) |",
@@ -343,12 +558,34 @@ def markdown(results: Dict) -> str:
                 f"| {1e-9 * row['flops_per_atom'] * row['atoms'] / row['wall']:.2f} "
                 f"| {row['peak_rss_mb']:.0f} |"
             )
-    lines += [
-        "",
-        "GFLOP/s: the model's multiply-adds (neighbour sums, mixing, element networks; "
-        "backward = 2 × forward; training 3 × that) per time; see model_flops_per_atom.",
-    ]
-    return "\n".join(lines)
+        sections.append(lines)
+    if results["deployed"] or results["training"]:
+        sections[-1] += [
+            "",
+            "GFLOP/s: the model's multiply-adds (neighbour sums, mixing, element networks; "
+            "backward = 2 × forward; training 3 × that) per time; see model_flops_per_atom.",
+        ]
+    if results.get("molecules"):
+        lines = [
+            "Small molecules, float64, the model of configs/reann_molecules.yaml, one thread: a "
+            "model step (forward, forces, loss, backward, AdamW) and nequip-train's epochs",
+            "",
+            "| molecule | batch | model step (ms) | model frames/s | GFLOP/s | nequip-train "
+            "s/epoch | nequip-train frames/s | nequip-train start-up (s) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for row in results["molecules"]:
+            step, trainer = row["step"], row["nequip_train"]
+            lines.append(
+                f"| {row['molecule']} | {step['frames']} | {1e3 * step['wall']:.1f} | "
+                f"{step['frames'] / step['wall']:.0f} | "
+                f"{1e-9 * step['flops_per_atom'] * step['atoms'] / step['wall']:.2f} | "
+                f"{trainer['seconds_per_epoch']:.2f} | "
+                f"{trainer['train_frames'] / trainer['seconds_per_epoch']:.0f} | "
+                f"{trainer['startup_seconds']:.1f} |"
+            )
+        sections.append(lines)
+    return "\n\n".join("\n".join(lines) for lines in sections)
 
 
 def headline(results: Dict) -> List:

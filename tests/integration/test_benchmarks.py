@@ -57,6 +57,7 @@ def test_bench_model_times_the_deployed_file(water_deepmd, tmp_path):
         "--sizes", "192",
         "--dtypes", "float32", "float64",
         "--no-training",
+        "--molecules",
         "--time-limit", "0.2",
         "--min-repeats", "2",
         "--json", str(tmp_path / "bench_model.json"),
@@ -64,6 +65,30 @@ def test_bench_model_times_the_deployed_file(water_deepmd, tmp_path):
     rows = re.findall(r"^\| (float32|float64) \| 192 \| ([\d.]+) \|", output, re.M)
     assert sorted(dtype for dtype, _ in rows) == ["float32", "float64"], output
     assert all(math.isfinite(float(us)) and float(us) > 0 for _, us in rows), output
+    check_json(tmp_path / "bench_model.json", "bench_model.py", output)
+
+
+@pytest.mark.slow
+def test_bench_model_times_small_molecule_training(tmp_path):
+    """The CH4 row: a model step and nequip-train's epochs (two runs, 1 and 2 epochs), with
+    finite times and start-up, no deployed file."""
+    output = run_benchmark(
+        "bench_model.py",
+        "--sizes",
+        "--no-training",
+        "--molecules", "ch4",
+        "--epochs", "2",
+        "--time-limit", "0.2",
+        "--min-repeats", "2",
+        "--json", str(tmp_path / "bench_model.json"),
+    )  # fmt: skip
+    (row,) = re.findall(r"^\| ch4 \| 5 \| ([^|]+) \| ([^|]+) \| ([^|]+) \| ([^|]+) \| ([^|]+) "
+                        r"\| ([^|]+) \|$", output, re.M)  # fmt: skip
+    step_ms, model_rate, gflops, epoch_seconds, train_rate, startup = map(float, row)
+    assert step_ms > 0 and model_rate == pytest.approx(5e3 / step_ms, rel=0.02), output
+    assert gflops > 0 and epoch_seconds > 0 and startup > 0, output
+    assert train_rate == pytest.approx(400 / epoch_seconds, rel=0.02), output
+    assert "Deployed file" not in output, output
     check_json(tmp_path / "bench_model.json", "bench_model.py", output)
 
 

@@ -502,12 +502,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         train_args.batch_size = args.molecule_batch
         trainer = molecule_training(train_args)
         molecules.append({"molecule": name, "step": step, "nequip_train": trainer})
-        print(
-            f"  molecule {name}: model step {1e3 * step['wall']:.1f} ms, nequip-train "
-            f"{trainer['train_frames'] / trainer['seconds_per_epoch']:.0f} frames/s",
-            file=sys.stderr,
-            flush=True,
-        )
+        # one figure a line, as ab.py reads them
+        print(f"  molecule {name} model step: {1e3 * step['wall']:.2f} ms", file=sys.stderr)
+        rate = trainer["train_frames"] / trainer["seconds_per_epoch"]
+        print(f"  molecule {name} nequip-train: {rate:.1f} frames/s", file=sys.stderr, flush=True)
 
     load_end = os.getloadavg()[0]
     results = {

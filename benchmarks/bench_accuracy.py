@@ -588,7 +588,35 @@ def format_report(rows: List[dict], args) -> str:
                 f"{reann['energy_mae_meV'] / nequip['energy_mae_meV']:.2f} | "
                 f"{'not reached' if reach is None else f'{reach / 60:.1f} min'} |"
             )
+        lines += [
+            "",
+            "| data | seeds | REANN force MAE (meV/Å) | NequIP force MAE (meV/Å) | "
+            "REANN / NequIP | median REANN / NequIP |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, group in by_dataset(rows).items():
+            reann, nequip = ([force_mae(row, m) for row in group] for m in MODELS)
+            ratios = [a / b for a, b in zip(reann, nequip)]
+            lines.append(
+                f"| {name} | {', '.join(str(row['seed']) for row in group)} | "
+                f"{' / '.join(f'{x:.1f}' for x in reann)} | "
+                f"{' / '.join(f'{x:.1f}' for x in nequip)} | "
+                f"{' / '.join(f'{x:.2f}' for x in ratios)} | {float(np.median(ratios)):.2f} |"
+            )
     return "\n".join(lines)
+
+
+def by_dataset(rows: List[dict]) -> Dict[str, List[dict]]:
+    """``rows`` grouped by data set, in their order."""
+    groups: Dict[str, List[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["dataset"], []).append(row)
+    return groups
+
+
+def force_mae(row: dict, model: str) -> float:
+    """The test force MAE (meV/Å) of ``model`` in ``row``."""
+    return row[model]["final"]["forces_mae_meV_per_A"]
 
 
 def markdown(data: dict) -> str:
@@ -608,13 +636,8 @@ def headline(data: dict) -> list:
         else f"{arguments['minutes']} min"
     )
     rows = []
-    for name in dict.fromkeys(row["dataset"] for row in data["rows"]):
-        ratios = [
-            row["reann"]["final"]["forces_mae_meV_per_A"]
-            / row["nequip"]["final"]["forces_mae_meV_per_A"]
-            for row in data["rows"]
-            if row["dataset"] == name
-        ]
+    for name, group in by_dataset(data["rows"]).items():
+        ratios = [force_mae(row, "reann") / force_mae(row, "nequip") for row in group]
         rows.append(
             (
                 f"test force MAE, REANN / NequIP, {name}, {budget} of training each"

@@ -99,3 +99,12 @@ def test_merged_file_records_one_command_that_makes_all_its_rows(bench, tmp_path
          "0.50"),
         ("test force MAE, REANN / NequIP, water, 15 min of training each", "1.50"),
     ]  # fmt: skip
+
+
+def test_report_gives_each_data_set_its_seeds_and_median_ratio(bench):
+    rows = [row("ethanol", 1, 10.0), row("ethanol", 2, 30.0), row("ethanol", 3, 16.0)]
+    report = bench.format_report(rows, arguments(datasets=["ethanol"], seeds=[1, 2, 3]))
+    assert (
+        "| ethanol | 1, 2, 3 | 10.0 / 30.0 / 16.0 | 20.0 / 20.0 / 20.0 | 0.50 / 1.50 / 0.80 "
+        "| 0.80 |" in report.splitlines()
+    ), report

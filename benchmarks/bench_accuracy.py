@@ -208,8 +208,12 @@ def training_config(
     config = OmegaConf.load(REPO_ROOT / "configs" / f"{args.reann_config or dataset.config}.yaml")
     for override in args.reann_overrides if model == "reann" else []:
         key, value = override.split("=", 1)
-        # values as YAML: numbers, lists and booleans keep their types
-        OmegaConf.update(config, key, yaml.safe_load(value), force_add=True)
+        # values as YAML: numbers, lists, mappings and booleans keep their types
+        value = yaml.safe_load(value)
+        if key.endswith("+"):
+            OmegaConf.select(config, key[:-1], throw_on_missing=True).append(value)
+        else:
+            OmegaConf.update(config, key, value, force_add=True)
     config = OmegaConf.to_container(config)
     config.update(
         seed=seed,
@@ -695,7 +699,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         "--reann-overrides",
         nargs="*",
         default=[],
-        help="KEY=VALUE changes of REANN's config (dotted keys), e.g. for an ablation",
+        help="KEY=VALUE changes of REANN's config (dotted keys, YAML values), KEY+=VALUE to "
+        "append to a list (e.g. trainer.callbacks); for ablations",
     )
     parser.add_argument("--workdir", help="keep the runs here (default: a temporary folder)")
     parser.add_argument(

@@ -38,6 +38,7 @@ BENCHMARKS = (
     "bench_ase_md",
     "bench_water",
     "bench_accuracy",
+    "bench_ablation",
     "bench_co2_ni100",
     "bench_data_scale",
     "bench_configuration_reader",
@@ -46,7 +47,7 @@ BENCHMARKS = (
 # where the documentation's Performance page starts including this report (docs/performance.md)
 TABLES_MARKER = "<!-- the report's sections -->\n"
 # their --json files hold the whole document for `markdown`; the others put it under "results"
-WHOLE_DOCUMENT = ("bench_water", "bench_accuracy")
+WHOLE_DOCUMENT = ("bench_water", "bench_accuracy", "bench_ablation")
 
 INTRODUCTION = """\
 # Benchmarks

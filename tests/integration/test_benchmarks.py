@@ -161,6 +161,27 @@ def test_bench_water_rounds_give_the_ratio_round_by_round(water_deepmd, tmp_path
 
 
 @pytest.mark.slow
+def test_bench_ablation_compares_a_variant_with_the_baseline_on_ch4(tmp_path):
+    """Two one-minute REANN runs at once, the baseline and a variant: both rows in the table
+    with their ratio, the JSON readable by the report."""
+    output = run_benchmark(
+        "bench_ablation.py",
+        "--datasets", "ch4",
+        "--variants", "baseline", "force-weight-10",
+        "--seeds", "1",
+        "--minutes", "1",
+        "--jobs", "2",
+        "--curve-seconds", "20",
+        "--json", str(tmp_path / "bench_ablation.json"),
+    )  # fmt: skip
+    for variant in ("baseline", "force-weight-10"):
+        (mae,) = re.findall(rf"^\| {variant} \| ([\d.]+) \| \d+ \| [\d.]+ \|$", output, re.M)
+        assert math.isfinite(float(mae)), output
+    assert re.search(r"^\| force-weight-10 \| `[^`]+forces=10.0` \| [\d.]+ \|$", output, re.M)
+    check_json(tmp_path / "bench_ablation.json", "bench_ablation.py", output)
+
+
+@pytest.mark.slow
 def test_bench_accuracy_smoke_trains_both_models_on_ch4(tmp_path):
     """The smallest form of the accuracy benchmark: one minute of training per model on the
     shipped CH4 data, both models' test errors finite, their ratio given, the curve drawn."""

@@ -344,7 +344,6 @@ def nequip_train_seconds(args: argparse.Namespace, epochs: int, run_dir: pathlib
     frames, elements, shifts = _molecule(args.molecule)
     config = pathlib.Path(args.train_config).resolve()
     train = len(frames) - MOLECULE_VAL - MOLECULE_TEST
-    model = {f"training_module.model.{key}": value for key, value in MOLECULE_MODEL.items()}
     overrides = {
         "run": ["train"],
         "data_file": str(REPO_ROOT / MOLECULES[args.molecule][0]),
@@ -358,7 +357,8 @@ def nequip_train_seconds(args: argparse.Namespace, epochs: int, run_dir: pathlib
         "++data.exclude_keys": ["dipole"],
         "trainer.max_epochs": epochs,
         "trainer.max_time": None,
-        **{key: value for key, value in model.items() if key != "training_module.model.r_max"},
+        # r_max is the config's cutoff_radius, set above
+        **{f"training_module.model.{k}": v for k, v in MOLECULE_MODEL.items() if k != "r_max"},
         "++training_module.model.per_type_energy_shifts": shifts,
     }
     command = [str(pathlib.Path(sys.executable).parent / "nequip-train")]
@@ -498,9 +498,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     molecules = []
     for name in args.molecules:
         step = run_worker(args, kind="molecule_step", molecule=name, batch_size=args.molecule_batch)
-        train_args = argparse.Namespace(**{**vars(args), "molecule": name})
-        train_args.batch_size = args.molecule_batch
-        trainer = molecule_training(train_args)
+        trainer = molecule_training(
+            argparse.Namespace(
+                **{**vars(args), "molecule": name, "batch_size": args.molecule_batch}
+            )
+        )
         molecules.append({"molecule": name, "step": step, "nequip_train": trainer})
         # one figure a line, as ab.py reads them
         print(f"  molecule {name} model step: {1e3 * step['wall']:.2f} ms", file=sys.stderr)

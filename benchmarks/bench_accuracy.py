@@ -203,7 +203,7 @@ def training_config(
     """The nequip-train config of ``model`` on ``dataset``: REANN's recommended config with the
     data set's files, elements and cutoff; for NequIP, the same with NequIP's model and optimiser."""
     import yaml
-    from omegaconf import OmegaConf
+    from omegaconf import ListConfig, OmegaConf
 
     config = OmegaConf.load(REPO_ROOT / "configs" / f"{args.reann_config or dataset.config}.yaml")
     for override in args.reann_overrides if model == "reann" else []:
@@ -211,7 +211,10 @@ def training_config(
         # values as YAML: numbers, lists, mappings and booleans keep their types
         value = yaml.safe_load(value)
         if key.endswith("+"):
-            OmegaConf.select(config, key[:-1], throw_on_missing=True).append(value)
+            target = OmegaConf.select(config, key[:-1])
+            if not isinstance(target, ListConfig):
+                raise SystemExit(f"error: `{override}`: `{key[:-1]}` is not a list of the config")
+            target.append(value)
         else:
             OmegaConf.update(config, key, value, force_add=True)
     config = OmegaConf.to_container(config)

@@ -108,3 +108,19 @@ def test_report_gives_each_data_set_its_seeds_and_median_ratio(bench):
         "| ethanol | 1, 2, 3 | 10.0 / 30.0 / 16.0 | 20.0 / 20.0 / 20.0 | 0.50 / 1.50 / 0.80 "
         "| 0.80 |" in report.splitlines()
     ), report
+
+
+def test_overrides_set_values_and_append_to_lists_naming_a_wrong_key(bench, tmp_path):
+    def config(*overrides):
+        args = arguments(reann_overrides=list(overrides))
+        return bench.training_config("reann", bench.DATASETS["ethanol"], tmp_path, 700, args, 1)
+
+    changed = config(
+        "training_module.optimizer.lr=0.002",
+        "trainer.callbacks+={_target_: reann_nequip.train.StandardizeDensity}",
+    )
+    assert changed["training_module"]["optimizer"]["lr"] == 0.002
+    targets = [callback["_target_"] for callback in changed["trainer"]["callbacks"]]
+    assert "reann_nequip.train.StandardizeDensity" in targets
+    with pytest.raises(SystemExit, match="`trainer.callbackz` is not a list"):
+        config("trainer.callbackz+={_target_: x}")

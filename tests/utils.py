@@ -21,6 +21,19 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 FORMS = {"kernels": True, "torch": False}
 
 
+def benchmark_script(name: str):
+    """``benchmarks/NAME.py`` as a module (benchmarks/ is a folder of scripts, on ``sys.path``
+    while it is imported so that it finds ``provenance``)."""
+    import importlib
+
+    folder = str(REPO_ROOT / "benchmarks")
+    sys.path.insert(0, folder)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(folder)
+
+
 def shared_data(*parts: str) -> pathlib.Path:
     """A path inside ``../shared/data``; skips the test, saying so, when this clone has none."""
     import pytest

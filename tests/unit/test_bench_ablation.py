@@ -5,23 +5,16 @@ import argparse
 import inspect
 import json
 import shlex
-import sys
 
 import pytest
 from omegaconf import ListConfig, OmegaConf
 
-from ..utils import REPO_ROOT
+from ..utils import REPO_ROOT, benchmark_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-    try:
-        import bench_ablation
-
-        yield bench_ablation
-    finally:
-        sys.path.remove(str(REPO_ROOT / "benchmarks"))
+    return benchmark_script("bench_ablation")
 
 
 @pytest.mark.parametrize("config", ["reann_molecules", "reann_condensed"])

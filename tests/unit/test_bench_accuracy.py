@@ -3,23 +3,15 @@
 import argparse
 import json
 import shlex
-import sys
 
 import pytest
 
-from ..utils import REPO_ROOT
+from ..utils import benchmark_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    """benchmarks/bench_accuracy.py as a module (its folder on sys.path for ``provenance``)."""
-    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-    try:
-        import bench_accuracy
-
-        yield bench_accuracy
-    finally:
-        sys.path.remove(str(REPO_ROOT / "benchmarks"))
+    return benchmark_script("bench_accuracy")
 
 
 def arguments(**changes) -> argparse.Namespace:

@@ -191,6 +191,32 @@ def _training_frames(args: argparse.Namespace):
     return frames, ["O", "H"]
 
 
+def _training_step(model, optimizer, batch: Dict, atoms_per_frame, references, force_weight: float):
+    """One training step as a call: forward with forces, MSE of the energy per atom
+    (``atoms_per_frame`` [frames]) against ``references[0]`` (eV/atom) + ``force_weight`` × MSE of
+    the forces against ``references[1]`` (eV/Å), backward, optimiser step; raises on a non-finite
+    loss."""
+    import torch
+    from nequip.data import AtomicDataDict
+
+    reference_energy, reference_forces = references
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        out = model(dict(batch))
+        energy = out[AtomicDataDict.TOTAL_ENERGY_KEY].view(-1) / atoms_per_frame
+        loss = torch.nn.functional.mse_loss(energy, reference_energy)
+        loss = loss + force_weight * torch.nn.functional.mse_loss(
+            out[AtomicDataDict.FORCE_KEY], reference_forces
+        )
+        loss.backward()
+        optimizer.step()
+        if not bool(torch.isfinite(loss)):
+            raise RuntimeError("non-finite training loss")
+
+    return step
+
+
 def training_worker(args: argparse.Namespace) -> Dict:
     import torch
     from nequip.data import AtomicDataDict, compute_neighborlist_, from_ase
@@ -228,18 +254,8 @@ def training_worker(args: argparse.Namespace) -> Dict:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     base_rss = _peak_rss_mb()
 
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        out = model(dict(batch))
-        energy = out[AtomicDataDict.TOTAL_ENERGY_KEY].view(-1) / atoms_per_frame
-        loss = torch.nn.functional.mse_loss(
-            energy, reference_energy
-        ) + torch.nn.functional.mse_loss(out[AtomicDataDict.FORCE_KEY], reference_forces)
-        loss.backward()
-        optimizer.step()
-        if not bool(torch.isfinite(loss)):
-            raise RuntimeError("non-finite training loss")
-
+    references = (reference_energy, reference_forces)
+    step = _training_step(model, optimizer, batch, atoms_per_frame, references, force_weight=1.0)
     times = _time_calls(step, args.warmup, args.min_repeats, args.time_limit)
     return {
         **times,
@@ -307,19 +323,8 @@ def molecule_step_worker(args: argparse.Namespace) -> Dict:
     ).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=0.0)
 
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        out = model(dict(batch))
-        energy = out[AtomicDataDict.TOTAL_ENERGY_KEY].view(-1) / atoms_per_frame
-        loss = torch.nn.functional.mse_loss(energy, reference_energy)
-        loss = loss + 50.0 * torch.nn.functional.mse_loss(
-            out[AtomicDataDict.FORCE_KEY], reference_forces
-        )
-        loss.backward()
-        optimizer.step()
-        if not bool(torch.isfinite(loss)):
-            raise RuntimeError("non-finite training loss")
-
+    references = (reference_energy, reference_forces)
+    step = _training_step(model, optimizer, batch, atoms_per_frame, references, force_weight=50.0)
     return {
         **_time_calls(step, args.warmup, args.min_repeats, args.time_limit),
         "frames": len(frames),

@@ -92,12 +92,18 @@ def run_variant(variant: str, dataset: str, seed: int, args) -> dict:
     }
 
 
+def by_seed(rows: List[dict], variant: str, dataset: str) -> Dict[int, dict]:
+    """The rows of ``variant`` on ``dataset``, by seed."""
+    return {
+        row["seed"]: row for row in rows if row["variant"] == variant and row["dataset"] == dataset
+    }
+
+
 def force_mae(rows: List[dict], variant: str, dataset: str) -> Dict[int, float]:
     """Test force MAE (meV/Å) of ``variant`` on ``dataset`` by seed."""
     return {
-        row["seed"]: row["final"]["forces_mae_meV_per_A"]
-        for row in rows
-        if row["variant"] == variant and row["dataset"] == dataset
+        seed: row["final"]["forces_mae_meV_per_A"]
+        for seed, row in by_seed(rows, variant, dataset).items()
     }
 
 
@@ -126,11 +132,7 @@ def markdown(data: dict) -> str:
             errors = force_mae(rows, variant, dataset)
             if not errors:
                 continue
-            steps = {
-                row["seed"]: row["steps"]
-                for row in rows
-                if row["variant"] == variant and row["dataset"] == dataset
-            }
+            steps = {seed: row["steps"] for seed, row in by_seed(rows, variant, dataset).items()}
             shared = [seed for seed in sorted(errors) if seed in baseline]
             ratio = "–"
             if shared:

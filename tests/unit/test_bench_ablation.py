@@ -20,7 +20,10 @@ def bench():
 @pytest.mark.parametrize("config", ["reann_molecules", "reann_condensed"])
 def test_every_variant_changes_settings_that_exist(bench, config):
     """A misspelt key would silently add a setting nothing reads: each key is in the config, or
-    an argument of the model or of its element networks that the config leaves at its default."""
+    an argument of the model, of its element networks or of the Lightning trainer that the config
+    leaves at its default."""
+    from lightning import Trainer
+
     from reann_nequip.model.reann_models import DEFAULT_NETWORK, ReannModel, _density_network
 
     model_arguments = set(inspect.signature(_density_network).parameters)
@@ -38,6 +41,8 @@ def test_every_variant_changes_settings_that_exist(bench, config):
                 assert leaf in node or leaf in model_arguments, (variant, override)
             elif parent.endswith("_network"):
                 assert leaf in DEFAULT_NETWORK, (variant, override)
+            elif parent == "trainer":
+                assert leaf in node or leaf in inspect.signature(Trainer).parameters, override
             else:
                 assert node is not None and leaf in node, (variant, override)
 

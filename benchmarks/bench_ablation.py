@@ -44,6 +44,10 @@ VARIANTS: Dict[str, List[str]] = {
     "ema-0.99": ["training_module.ema_decay=0.99"],
     # Lightning's clip of the gradients' global norm: against loss spikes
     "grad-clip-1": ["trainer.gradient_clip_val=1.0"],
+    "grad-clip-1-batch-16": [
+        "trainer.gradient_clip_val=1.0",
+        "data.train_dataloader.batch_size=16",
+    ],
     "force-weight-10": ["training_module.loss.coeffs.forces=10.0"],
     "force-weight-200": ["training_module.loss.coeffs.forces=200.0"],
     "standardised-density": [

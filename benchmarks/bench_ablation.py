@@ -44,10 +44,6 @@ VARIANTS: Dict[str, List[str]] = {
     "ema-0.99": ["training_module.ema_decay=0.99"],
     # Lightning's clip of the gradients' global norm: against loss spikes
     "grad-clip-1": ["trainer.gradient_clip_val=1.0"],
-    "grad-clip-1-batch-16": [
-        "trainer.gradient_clip_val=1.0",
-        "data.train_dataloader.batch_size=16",
-    ],
     "force-weight-10": ["training_module.loss.coeffs.forces=10.0"],
     "force-weight-200": ["training_module.loss.coeffs.forces=200.0"],
     "standardised-density": [
@@ -66,6 +62,8 @@ VARIANTS: Dict[str, List[str]] = {
     "no-type-scale": [f"{MODEL}.per_type_energy_scales=null"],
     "float32": ["model_dtype=float32"],
 }
+# whether the two findings add
+VARIANTS["grad-clip-1-batch-16"] = VARIANTS["grad-clip-1"] + VARIANTS["batch-16"]
 
 
 def run_variant(variant: str, dataset: str, seed: int, args) -> dict:

@@ -206,7 +206,7 @@ def training_config(
     from omegaconf import ListConfig, OmegaConf
 
     config = OmegaConf.load(REPO_ROOT / "configs" / f"{args.reann_config or dataset.config}.yaml")
-    for override in args.reann_overrides if model == "reann" else []:
+    for override in [*args.overrides, *(args.reann_overrides if model == "reann" else [])]:
         key, value = override.split("=", 1)
         # values as YAML: numbers, lists, mappings and booleans keep their types
         value = yaml.safe_load(value)
@@ -501,6 +501,7 @@ MERGE_SETTINGS = (
     "curve_seconds",
     "md_cost",
     "reann_config",
+    "overrides",
     "reann_overrides",
 )
 
@@ -539,6 +540,7 @@ def one_run_argv(args, rows: List[dict]) -> List[str]:
     argv += ["--curve-seconds", str(args.curve_seconds)]
     argv += [] if args.md_cost else ["--no-md-cost"]
     argv += ["--reann-config", args.reann_config] if args.reann_config else []
+    argv += ["--overrides", *args.overrides] if args.overrides else []
     argv += ["--reann-overrides", *args.reann_overrides] if args.reann_overrides else []
     argv += ["--json", args.json] + (["--plot", args.plot] if args.plot else [])
     return argv
@@ -698,6 +700,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--curve-seconds", type=int, default=60, help="checkpoint interval")
     parser.add_argument("--no-md-cost", dest="md_cost", action="store_false")
     parser.add_argument("--reann-config", help="REANN's config (default: the data set's)")
+    parser.add_argument(
+        "--overrides",
+        nargs="*",
+        default=[],
+        help="KEY=VALUE changes of the config both models train with (its trainer, data, loss), "
+        "as --reann-overrides",
+    )
     parser.add_argument(
         "--reann-overrides",
         nargs="*",

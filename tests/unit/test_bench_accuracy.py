@@ -25,6 +25,7 @@ def arguments(**changes) -> argparse.Namespace:
         "curve_seconds": 60,
         "md_cost": True,
         "reann_config": None,
+        "overrides": [],
         "reann_overrides": [],
         "workdir": None,
         "json": "results.json",
@@ -116,3 +117,17 @@ def test_overrides_set_values_and_append_to_lists_naming_a_wrong_key(bench, tmp_
     assert "reann_nequip.train.StandardizeDensity" in targets
     with pytest.raises(SystemExit, match="`trainer.callbackz` is not a list"):
         config("trainer.callbackz+={_target_: x}")
+
+
+def test_shared_overrides_change_both_models_and_reann_overrides_only_reann(bench, tmp_path):
+    args = arguments(
+        overrides=["trainer.gradient_clip_val=1.0"],
+        reann_overrides=["training_module.optimizer.lr=0.002"],
+    )
+    configs = {
+        model: bench.training_config(model, bench.DATASETS["ethanol"], tmp_path, 700, args, 1)
+        for model in ("reann", "nequip")
+    }
+    assert all(config["trainer"]["gradient_clip_val"] == 1.0 for config in configs.values())
+    assert configs["reann"]["training_module"]["optimizer"]["lr"] == 0.002
+    assert configs["nequip"]["training_module"]["optimizer"] == bench.NEQUIP["optimizer"]

@@ -43,7 +43,7 @@ import time
 from typing import Callable, Dict, Iterator, List, Optional
 
 import numpy as np
-from provenance import provenance
+from provenance import machine, provenance
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared" / "data"
@@ -463,7 +463,13 @@ def run_dataset(name: str, args, workdir: pathlib.Path) -> Iterator[dict]:
     pool_file = workdir / f"{name}_pool.xyz"
     ase.io.write(pool_file, pool, format="extxyz")
     for seed in args.seeds:
-        row = {"dataset": name, "seed": seed, "pool": len(pool), "test": len(test)}
+        row = {
+            "dataset": name,
+            "seed": seed,
+            "pool": len(pool),
+            "test": len(test),
+            "host": host(machine()),
+        }
         for model in args.models:
             run_dir = workdir / name / f"seed{seed}" / model
             config = training_config(model, dataset, pool_file, len(pool), args, seed)
@@ -492,6 +498,18 @@ def run_dataset(name: str, args, workdir: pathlib.Path) -> Iterator[dict]:
         yield row
 
 
+def host(machine: dict) -> str:
+    """The CPU and kernel level a row ran on: a row's steps in its minutes depend on them, and
+    ``--merge`` files gather rows of several runs."""
+    return f"{machine['cpu']}, {machine['isa']}"
+
+
+def rows_with_hosts(document: dict) -> List[dict]:
+    """The rows of a ``--json`` file, each with its host ("not recorded" in files older than
+    the host entry: their rows may come from several runs)."""
+    return [{"host": "not recorded", **row} for row in document["rows"]]
+
+
 # settings a --merge run must share with the file it adds to
 MERGE_SETTINGS = (
     "models",
@@ -518,7 +536,7 @@ def previous_rows(path: pathlib.Path, args) -> List[dict]:
                 f"error: {path} was made with {key}={data['arguments'].get(key)!r}, this run "
                 f"has {getattr(args, key)!r}; --merge adds only to results of the same settings"
             )
-    return data["rows"]
+    return rows_with_hosts(data)
 
 
 def merged(previous: List[dict], new: List[dict]) -> List[dict]:
@@ -567,8 +585,8 @@ def format_report(rows: List[dict], args) -> str:
         + (f" Learning curves: `{args.plot}`." if args.plot else ""),
         "",
         "| data | seed | model | energy MAE (meV) | energy RMSE (meV) | force MAE (meV/Å) | "
-        "force RMSE (meV/Å) | steps | MD cost (µs/atom) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "force RMSE (meV/Å) | steps | MD cost (µs/atom) | host |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         for model in args.models:
@@ -579,7 +597,7 @@ def format_report(rows: List[dict], args) -> str:
                 f"| {row['dataset']} | {row['seed']} | {LABELS[model]} | "
                 f"{f['energy_mae_meV']:.1f} | {f['energy_rmse_meV']:.1f} | "
                 f"{f['forces_mae_meV_per_A']:.1f} | {f['forces_rmse_meV_per_A']:.1f} | "
-                f"{result['steps']} | {cost} |"
+                f"{result['steps']} | {cost} | {row['host']} |"
             )
     if set(MODELS) <= set(args.models):
         lines += [
@@ -630,7 +648,7 @@ def force_mae(row: dict, model: str) -> float:
 
 def markdown(data: dict) -> str:
     """The tables of a ``--json`` file (:func:`format_report` of its rows and arguments)."""
-    return format_report(data["rows"], argparse.Namespace(**data["arguments"]))
+    return format_report(rows_with_hosts(data), argparse.Namespace(**data["arguments"]))
 
 
 def headline(data: dict) -> list:

@@ -48,8 +48,8 @@ def row(dataset: str, seed: int, reann: float, nequip: float = 20.0) -> dict:
         return {"final": final, "curve": curve, "wall_seconds": 900.0, "steps": 10,
                 "md_us_per_atom": 1.0}  # fmt: skip
 
-    return {"dataset": dataset, "seed": seed, "reann": result(reann), "nequip": result(nequip),
-            "reann_seconds_to_nequip_final": None}  # fmt: skip
+    return {"dataset": dataset, "seed": seed, "host": "CPU A, avx512", "reann": result(reann),
+            "nequip": result(nequip), "reann_seconds_to_nequip_final": None}  # fmt: skip
 
 
 def test_merged_rows_are_one_per_data_set_and_seed_the_newest_kept(bench):
@@ -72,6 +72,19 @@ def test_merge_refuses_a_file_made_with_other_settings(bench, tmp_path):
         bench.previous_rows(path, arguments())
     assert bench.previous_rows(path, arguments(minutes=5))[0]["seed"] == 1
     assert bench.previous_rows(tmp_path / "none.json", arguments()) == []
+
+
+def test_rows_keep_their_host_which_older_rows_did_not_record(bench, tmp_path):
+    path = tmp_path / "results.json"
+    bench.write_results(path, [row("ethanol", 1, 10.0)], arguments())
+    document = json.loads(path.read_text())
+    older = {key: value for key, value in row("ethanol", 2, 10.0).items() if key != "host"}
+    document["rows"].append(older)
+    path.write_text(json.dumps(document))
+    rows = bench.previous_rows(path, arguments())
+    assert [r["host"] for r in rows] == ["CPU A, avx512", "not recorded"]
+    assert "| 10 | 1.0 | not recorded |" in bench.markdown(document)
+    assert bench.host({"cpu": "CPU B", "isa": "avx2"}) == "CPU B, avx2"
 
 
 def test_merged_file_records_one_command_that_makes_all_its_rows(bench, tmp_path):

@@ -92,6 +92,7 @@ def test_merged_file_records_one_command_that_makes_all_its_rows(bench, tmp_path
     rows = [row("ethanol", 1, 10.0), row("ethanol", 3, 10.0), row("water", 2, 30.0, 20.0)]
     bench.write_results(path, rows, arguments(reann_overrides=["model.l_max=3"]))
     document = json.loads(path.read_text())
+    assert bench.headline(document) == []
     command = shlex.split(document["command"])
     assert command[:2] == ["python", "benchmarks/bench_accuracy.py"]
     assert "--merge" not in command
@@ -100,6 +101,10 @@ def test_merged_file_records_one_command_that_makes_all_its_rows(bench, tmp_path
     assert "--minutes 15 " in flags and "--reann-overrides model.l_max=3 " in flags
     assert document["arguments"]["datasets"] == ["ethanol", "water"]
     assert document["arguments"]["seeds"] == [1, 2, 3]
+    document["arguments"]["reann_overrides"] = []
+    document["arguments"]["overrides"] = ["trainer.gradient_clip_val=1.0"]
+    assert bench.headline(document) == []
+    document["arguments"]["overrides"] = []
     assert bench.headline(document) == [
         ("test force MAE, REANN / NequIP, ethanol, 15 min of training each (median of 2 seeds)",
          "0.50"),

@@ -498,10 +498,10 @@ def run_dataset(name: str, args, workdir: pathlib.Path) -> Iterator[dict]:
         yield row
 
 
-def host(machine: dict) -> str:
-    """The CPU and kernel level a row ran on: a row's steps in its minutes depend on them, and
-    ``--merge`` files gather rows of several runs."""
-    return f"{machine['cpu']}, {machine['isa']}"
+def host(entry: dict) -> str:
+    """The CPU and kernel level of a ``machine()`` entry, which a row records: its steps in its
+    minutes depend on them, and ``--merge`` files gather rows of several runs."""
+    return f"{entry['cpu']}, {entry['isa']}"
 
 
 def rows_with_hosts(document: dict) -> List[dict]:
